@@ -1,0 +1,71 @@
+"""Training and evaluation metrics of SimCLR, and their logging to TensorBoard.
+
+The contrastive accuracy (is the positive the most similar view-2 of all?) and entropy (how peaked the
+similarity distribution is) are the cheap health signals of pretraining: accuracy near chance and entropy
+near log(N) after warmup mean the representation is not learning.
+"""
+
+from absl import logging
+import tensorflow as tf
+
+
+def contrastive_accuracy(logits_ab, labels):
+  """Fraction of view-1 rows whose most similar view-2 row is their own positive.
+
+  `logits_ab` is `[N, N_global]`, `labels` `[N, 2 * N_global]` as returned by `objective.add_contrastive_loss`
+  (positives lie in its first half).
+  """
+  hits = tf.equal(tf.argmax(labels, 1), tf.argmax(logits_ab, 1))
+  return tf.reduce_mean(tf.cast(hits, tf.float32))
+
+
+def contrastive_entropy(logits_ab):
+  """Mean entropy (nats) of softmax(logits_ab) over rows."""
+  probs = tf.nn.softmax(tf.cast(logits_ab, tf.float32))
+  return -tf.reduce_mean(tf.reduce_sum(probs * tf.math.log(probs + 1e-8), -1))
+
+
+def top_k_accuracy(labels, logits, k=1):
+  """Fraction of rows whose true class (argmax of one-hot `labels`, or integer labels) is in the top k."""
+  labels = tf.convert_to_tensor(labels)
+  if labels.shape.rank == 2:
+    labels = tf.argmax(labels, 1)
+  hits = tf.math.in_top_k(tf.cast(labels, tf.int32), tf.cast(logits, tf.float32), k)
+  return tf.reduce_mean(tf.cast(hits, tf.float32))
+
+
+def update_pretrain_metrics(loss_metric, accuracy_metric, entropy_metric, loss, logits_ab, labels):
+  """Accumulates the contrastive loss, accuracy and entropy of one step into Keras `Mean` metrics."""
+  loss_metric.update_state(loss)
+  accuracy_metric.update_state(contrastive_accuracy(logits_ab, labels))
+  entropy_metric.update_state(contrastive_entropy(logits_ab))
+
+
+def update_supervised_metrics(loss_metric, accuracy_metric, loss, labels, logits):
+  """Accumulates a supervised loss and top-1 accuracy of one step into Keras `Mean` metrics."""
+  loss_metric.update_state(loss)
+  accuracy_metric.update_state(top_k_accuracy(labels, logits, 1))
+
+
+def log_and_write_metrics(metrics, step, writer=None):
+  """Logs each metric's result, writes it as a TensorBoard scalar, and returns {name: float}.
+
+  Args:
+    metrics: iterable of Keras metrics (anything with `.name` and `.result()`).
+    step: global step for the summaries and the log line.
+    writer: a `tf.summary` writer; None uses the default writer, if any is set.
+  """
+  values = {metric.name: float(metric.result()) for metric in metrics}
+  if writer is not None:
+    with writer.as_default():
+      _write_scalars(values, step)
+  else:
+    _write_scalars(values, step)
+  for name, value in values.items():
+    logging.info('Step: [%d] %s = %f', step, name, value)
+  return values
+
+
+def _write_scalars(values, step):
+  for name, value in values.items():
+    tf.summary.scalar(name, value, step=step)

@@ -1,0 +1,333 @@
+"""The ResNet v1 encoders of SimCLR and SimCLRv2, in Keras 3.
+
+Post-activation ResNets (He et al. 2015, arXiv:1512.03385) exactly as the SimCLR authors' code builds them:
+a projection shortcut on the first block of every group (also in group 1 of ResNet-18/34), fixed padding
+before strided convolutions, zero-initialised gamma on the last BatchNorm of each block, BatchNorm
+epsilon 1e-5. SimCLRv2 additions: selective kernels (Li et al. 2019, arXiv:1903.06586) with a ResNet-D stem
+and shortcut (He et al. 2018, arXiv:1812.01187) when `sk_ratio > 0`, and squeeze-excitation
+(Hu et al. 2017, arXiv:1709.01507) when `se_ratio > 0`.
+
+The attribute names of the layers follow the authors' TF2 code, so the two share one object graph.
+Images are NHWC floats in [0, 1]; the authors' code does not normalise them either.
+"""
+
+import keras
+import tensorflow as tf
+
+if keras.backend.backend() != 'tensorflow':
+  raise ImportError(
+      'SimCLR needs the TensorFlow backend of Keras (synchronized BatchNorm, tf.distribute); '
+      f'KERAS_BACKEND is {keras.backend.backend()!r}: unset it or set it to "tensorflow".')
+
+BATCH_NORM_EPSILON = 1e-5
+
+# Names of the tensors `Resnet(..., return_endpoints=True)` returns, in network order.
+ENDPOINTS = ('initial_conv', 'initial_max_pool', 'block_group1', 'block_group2', 'block_group3',
+             'block_group4', 'final_avg_pool')
+
+# depth -> (block type, blocks per group).
+_ARCHITECTURES = {
+    18: ('basic', (2, 2, 2, 2)),
+    34: ('basic', (3, 4, 6, 3)),
+    50: ('bottleneck', (3, 4, 6, 3)),
+    101: ('bottleneck', (3, 4, 23, 3)),
+    152: ('bottleneck', (3, 8, 36, 3)),
+    200: ('bottleneck', (3, 24, 36, 3)),
+}
+SUPPORTED_DEPTHS = tuple(sorted(_ARCHITECTURES))
+
+
+def _conv_initializer():
+  return keras.initializers.VarianceScaling()
+
+
+class BatchNormRelu(keras.layers.Layer):
+  """BatchNorm (cross-replica when `global_bn`) followed by an optional ReLU."""
+
+  def __init__(self, relu=True, init_zero=False, center=True, scale=True, global_bn=True,
+               batch_norm_decay=0.9, **kwargs):
+    super().__init__(**kwargs)
+    self.relu = relu
+    self.bn = keras.layers.BatchNormalization(
+        axis=-1,
+        momentum=batch_norm_decay,
+        epsilon=BATCH_NORM_EPSILON,
+        center=center,
+        scale=scale,
+        gamma_initializer='zeros' if init_zero else 'ones',
+        synchronized=global_bn,
+        name='batch_normalization')
+
+  def call(self, inputs, training=None):
+    inputs = self.bn(inputs, training=training)
+    return tf.nn.relu(inputs) if self.relu else inputs
+
+
+def _fixed_padding(inputs, kernel_size):
+  """Pads H and W so a strided 'VALID' conv does not depend on the input size being even."""
+  pad_total = kernel_size - 1
+  pad_beg = pad_total // 2
+  pad_end = pad_total - pad_beg
+  return tf.pad(inputs, [[0, 0], [pad_beg, pad_end], [pad_beg, pad_end], [0, 0]])
+
+
+class Conv2dFixedPadding(keras.layers.Layer):
+  """Bias-free convolution; strided ones pad explicitly ('VALID') as in the reference ResNet."""
+
+  def __init__(self, filters, kernel_size, strides, **kwargs):
+    super().__init__(**kwargs)
+    self.kernel_size = kernel_size
+    self.strides = strides
+    self.conv2d = keras.layers.Conv2D(
+        filters=filters,
+        kernel_size=kernel_size,
+        strides=strides,
+        padding='same' if strides == 1 else 'valid',
+        use_bias=False,
+        kernel_initializer=_conv_initializer(),
+        name='conv2d')
+
+  def call(self, inputs, training=None):
+    if self.strides > 1:
+      inputs = _fixed_padding(inputs, self.kernel_size)
+    return self.conv2d(inputs)
+
+
+class SK_Conv2D(keras.layers.Layer):  # pylint: disable=invalid-name
+  """Selective kernel 3x3 convolution (SimCLRv2): two 3x3 streams mixed by a learnt softmax attention.
+
+  As in the SimCLRv2 code, both streams are 3x3 (one conv with 2x filters, split in two) and the attention
+  MLP has max(filters * sk_ratio, min_dim) hidden channels.
+  """
+
+  def __init__(self, filters, strides, sk_ratio, min_dim=32, global_bn=True, batch_norm_decay=0.9,
+               **kwargs):
+    super().__init__(**kwargs)
+    bn_args = dict(global_bn=global_bn, batch_norm_decay=batch_norm_decay)
+    self.conv2d_fixed_padding = Conv2dFixedPadding(2 * filters, kernel_size=3, strides=strides)
+    self.batch_norm_relu = BatchNormRelu(**bn_args)
+    mid_dim = max(int(filters * sk_ratio), min_dim)
+    self.conv2d_0 = keras.layers.Conv2D(mid_dim, kernel_size=1, use_bias=False,
+                                        kernel_initializer=_conv_initializer())
+    self.batch_norm_relu_1 = BatchNormRelu(**bn_args)
+    self.conv2d_1 = keras.layers.Conv2D(2 * filters, kernel_size=1, use_bias=False,
+                                        kernel_initializer=_conv_initializer())
+
+  def call(self, inputs, training=None):
+    streams = self.batch_norm_relu(self.conv2d_fixed_padding(inputs), training=training)
+    streams = tf.stack(tf.split(streams, 2, axis=-1))  # [2, B, H, W, C]
+    global_features = tf.reduce_mean(tf.reduce_sum(streams, axis=0), [1, 2], keepdims=True)
+    global_features = self.batch_norm_relu_1(self.conv2d_0(global_features), training=training)
+    mixing = tf.stack(tf.split(self.conv2d_1(global_features), 2, axis=-1))
+    mixing = tf.nn.softmax(mixing, axis=0)
+    return tf.reduce_sum(streams * mixing, axis=0)
+
+
+class SE_Layer(keras.layers.Layer):  # pylint: disable=invalid-name
+  """Squeeze-excitation: channel gates from a bottleneck MLP on globally pooled features.
+
+  The bottleneck has max(1, filters * se_ratio) channels, where `filters` is the block's base width (not its
+  4x output), as in the SimCLRv2 code.
+  """
+
+  def __init__(self, filters, se_ratio, **kwargs):
+    super().__init__(**kwargs)
+    self.se_reduce = keras.layers.Conv2D(max(1, int(filters * se_ratio)), kernel_size=1,
+                                         use_bias=True, kernel_initializer=_conv_initializer())
+    self.se_expand = None
+
+  def build(self, input_shape):
+    self.se_expand = keras.layers.Conv2D(input_shape[-1], kernel_size=1, use_bias=True,
+                                         kernel_initializer=_conv_initializer())
+
+  def call(self, inputs, training=None):
+    se_tensor = tf.reduce_mean(inputs, [1, 2], keepdims=True)
+    se_tensor = self.se_expand(tf.nn.relu(self.se_reduce(se_tensor)))
+    return tf.sigmoid(se_tensor) * inputs
+
+
+def _projection_shortcut(filters_out, strides, resnet_d, bn_args):
+  """Layers of the shortcut of a group's first block: 1x1 conv (ResNet-D: avg-pool, then 1x1) + BN."""
+  layers = []
+  if resnet_d:
+    if strides > 1:
+      layers.append(keras.layers.ZeroPadding2D(((0, 1), (0, 1))))  # fixed padding for a 2x2 pool
+    layers.append(keras.layers.AveragePooling2D(pool_size=2, strides=strides,
+                                                padding='same' if strides == 1 else 'valid'))
+    layers.append(Conv2dFixedPadding(filters_out, kernel_size=1, strides=1))
+  else:
+    layers.append(Conv2dFixedPadding(filters_out, kernel_size=1, strides=strides))
+  layers.append(BatchNormRelu(relu=False, **bn_args))
+  return layers
+
+
+class ResidualBlock(keras.layers.Layer):
+  """Basic block of ResNet-18/34: two 3x3 convolutions."""
+
+  def __init__(self, filters, strides, use_projection=False, sk_ratio=0.0, se_ratio=0.0, global_bn=True,
+               batch_norm_decay=0.9, **kwargs):
+    super().__init__(**kwargs)
+    bn_args = dict(global_bn=global_bn, batch_norm_decay=batch_norm_decay)
+    self.shortcut_layers = (
+        _projection_shortcut(filters, strides, sk_ratio > 0, bn_args) if use_projection else [])
+    self.conv2d_bn_layers = [
+        Conv2dFixedPadding(filters, kernel_size=3, strides=strides),
+        BatchNormRelu(**bn_args),
+        Conv2dFixedPadding(filters, kernel_size=3, strides=1),
+        BatchNormRelu(relu=False, init_zero=True, **bn_args),
+    ]
+    self.se_layer = SE_Layer(filters, se_ratio) if se_ratio > 0 else None
+
+  def call(self, inputs, training=None):
+    shortcut = inputs
+    for layer in self.shortcut_layers:
+      shortcut = layer(shortcut, training=training)
+    for layer in self.conv2d_bn_layers:
+      inputs = layer(inputs, training=training)
+    if self.se_layer is not None:
+      inputs = self.se_layer(inputs, training=training)
+    return tf.nn.relu(inputs + shortcut)
+
+
+class BottleneckBlock(keras.layers.Layer):
+  """Bottleneck block of ResNet-50 and deeper: 1x1, 3x3 (or selective kernel), 1x1 with 4x filters."""
+
+  def __init__(self, filters, strides, use_projection=False, sk_ratio=0.0, se_ratio=0.0, global_bn=True,
+               batch_norm_decay=0.9, **kwargs):
+    super().__init__(**kwargs)
+    bn_args = dict(global_bn=global_bn, batch_norm_decay=batch_norm_decay)
+    self.projection_layers = (
+        _projection_shortcut(4 * filters, strides, sk_ratio > 0, bn_args) if use_projection else [])
+    layers = [Conv2dFixedPadding(filters, kernel_size=1, strides=1), BatchNormRelu(**bn_args)]
+    if sk_ratio > 0:
+      layers.append(SK_Conv2D(filters, strides, sk_ratio, **bn_args))
+    else:
+      layers += [Conv2dFixedPadding(filters, kernel_size=3, strides=strides), BatchNormRelu(**bn_args)]
+    layers += [Conv2dFixedPadding(4 * filters, kernel_size=1, strides=1),
+               BatchNormRelu(relu=False, init_zero=True, **bn_args)]
+    if se_ratio > 0:
+      layers.append(SE_Layer(filters, se_ratio))
+    self.conv_relu_dropblock_layers = layers
+
+  def call(self, inputs, training=None):
+    shortcut = inputs
+    for layer in self.projection_layers:
+      shortcut = layer(shortcut, training=training)
+    for layer in self.conv_relu_dropblock_layers:
+      inputs = layer(inputs, training=training)
+    return tf.nn.relu(inputs + shortcut)
+
+
+class BlockGroup(keras.layers.Layer):
+  """`blocks` blocks; the first one strides and has the projection shortcut."""
+
+  def __init__(self, filters, block_fn, blocks, strides, block_args, **kwargs):
+    super().__init__(**kwargs)
+    self.layers = [block_fn(filters, strides, use_projection=True, **block_args)]
+    self.layers += [block_fn(filters, 1, **block_args) for _ in range(1, blocks)]
+
+  def call(self, inputs, training=None):
+    for layer in self.layers:
+      inputs = layer(inputs, training=training)
+    return inputs
+
+
+class Resnet(keras.layers.Layer):
+  """ResNet v1 trunk + global average pool: images [B, H, W, 3] -> representation [B, C].
+
+  `call(images, training, return_endpoints=True)` returns the dict of `ENDPOINTS` instead.
+  `fine_tune_after_block` = k >= 0 freezes everything up to block group k (0 = the stem): those layers are
+  not trainable (their BatchNorms use the moving statistics) and no gradient flows into them.
+  """
+
+  def __init__(self, block_fn, layers, width_multiplier, cifar_stem=False, sk_ratio=0.0, se_ratio=0.0,
+               global_bn=True, batch_norm_decay=0.9, fine_tune_after_block=-1, **kwargs):
+    super().__init__(**kwargs)
+    self.fine_tune_after_block = fine_tune_after_block
+    bn_args = dict(global_bn=global_bn, batch_norm_decay=batch_norm_decay)
+
+    def width(filters):
+      return int(round(filters * width_multiplier))
+
+    stem = []
+    if cifar_stem:
+      stem += [Conv2dFixedPadding(width(64), kernel_size=3, strides=1), BatchNormRelu(**bn_args)]
+    else:
+      if sk_ratio > 0:  # ResNet-D stem: three 3x3 convolutions instead of one 7x7.
+        stem += [Conv2dFixedPadding(width(64) // 2, kernel_size=3, strides=2), BatchNormRelu(**bn_args),
+                 Conv2dFixedPadding(width(64) // 2, kernel_size=3, strides=1), BatchNormRelu(**bn_args),
+                 Conv2dFixedPadding(width(64), kernel_size=3, strides=1)]
+      else:
+        stem += [Conv2dFixedPadding(width(64), kernel_size=7, strides=2)]
+      stem += [BatchNormRelu(**bn_args), keras.layers.MaxPooling2D(pool_size=3, strides=2, padding='same')]
+    self.initial_conv_relu_max_pool = stem
+    # Index of the stem layer whose output is the `initial_conv` endpoint (before the stem's last BN-ReLU).
+    self._initial_conv_index = len(stem) - (2 if cifar_stem else 3)
+
+    block_args = dict(sk_ratio=sk_ratio, se_ratio=se_ratio, **bn_args)
+    self.block_groups = [
+        BlockGroup(width(filters), block_fn, blocks, strides, block_args, name=f'block_group{i + 1}')
+        for i, (filters, blocks, strides) in enumerate(zip((64, 128, 256, 512), layers, (1, 2, 2, 2)))
+    ]
+    # Freeze the stem (k = 0) and the block groups up to k, as the authors' code does for fine-tuning.
+    if fine_tune_after_block >= 0:
+      for layer in stem + self.block_groups[:fine_tune_after_block]:
+        layer.trainable = False
+
+  def call(self, inputs, training=None, return_endpoints=False):
+    endpoints = {}
+    net = inputs
+    for i, layer in enumerate(self.initial_conv_relu_max_pool):
+      net = layer(net, training=training)
+      if i == self._initial_conv_index:
+        endpoints['initial_conv'] = net
+    endpoints['initial_max_pool'] = net
+    for i, group in enumerate(self.block_groups):
+      if i == self.fine_tune_after_block:
+        net = tf.stop_gradient(net)
+      net = group(net, training=training)
+      endpoints[f'block_group{i + 1}'] = net
+    if self.fine_tune_after_block == 4:
+      net = tf.stop_gradient(net)
+    net = tf.reduce_mean(net, [1, 2])
+    endpoints['final_avg_pool'] = net
+    return endpoints if return_endpoints else net
+
+
+def resnet(resnet_depth, width_multiplier=1, cifar_stem=False, sk_ratio=0.0, se_ratio=0.0, global_bn=True,
+           batch_norm_decay=0.9, fine_tune_after_block=-1, name='resnet'):
+  """Builds the SimCLR ResNet encoder.
+
+  Args:
+    resnet_depth: 18 or 34 (basic blocks), 50, 101, 152 or 200 (bottleneck blocks).
+    width_multiplier: channel multiplier; the paper's 1, 2, 3, 4, or a fraction such as 0.25 for CPUs.
+    cifar_stem: 3x3 stride-1 stem without max-pool, for images of 32 px or less.
+    sk_ratio: selective-kernel attention ratio (SimCLRv2 uses 0.0625); > 0 also selects ResNet-D.
+    se_ratio: squeeze-excitation ratio; 0 disables it.
+    global_bn: synchronise BatchNorm statistics across replicas.
+    batch_norm_decay: BatchNorm moving-average momentum.
+    fine_tune_after_block: -1 trains everything; k in 0..4 freezes up to block group k (0 = stem).
+    name: Keras layer name.
+
+  Returns:
+    A `Resnet` layer; output width is 512 * w (depth 18/34) or 2048 * w.
+  """
+  if resnet_depth not in _ARCHITECTURES:
+    raise ValueError(f'resnet_depth must be one of {SUPPORTED_DEPTHS}, got {resnet_depth}.')
+  if not width_multiplier > 0 or int(round(64 * width_multiplier)) < 2:
+    raise ValueError(f'width_multiplier must be positive and leave >= 2 stem channels, got {width_multiplier}.')
+  if sk_ratio < 0 or se_ratio < 0:
+    raise ValueError(f'sk_ratio and se_ratio must be >= 0, got {sk_ratio} and {se_ratio}.')
+  if fine_tune_after_block not in (-1, 0, 1, 2, 3, 4):
+    raise ValueError(f'fine_tune_after_block must be in -1..4, got {fine_tune_after_block}.')
+  block, layers = _ARCHITECTURES[resnet_depth]
+  block_fn = ResidualBlock if block == 'basic' else BottleneckBlock
+  return Resnet(block_fn, layers, width_multiplier, cifar_stem=cifar_stem, sk_ratio=sk_ratio,
+                se_ratio=se_ratio, global_bn=global_bn, batch_norm_decay=batch_norm_decay,
+                fine_tune_after_block=fine_tune_after_block, name=name)
+
+
+def output_width(resnet_depth, width_multiplier=1):
+  """Width of the pooled representation for a depth and width multiplier."""
+  expansion = 1 if _ARCHITECTURES[resnet_depth][0] == 'basic' else 4
+  return int(round(512 * width_multiplier)) * expansion

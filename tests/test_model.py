@@ -1,0 +1,161 @@
+"""Heads, SimCLRModel, the LR schedule, optimizer factory and weight decay."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import lars_optimizer
+import model
+
+TINY = dict(resnet_depth=18, width_multiplier=0.25, cifar_stem=True)
+
+
+def test_nonlinear_projection_head_layers_and_selector():
+  head = model.ProjectionHead('nonlinear', num_layers=3, out_dim=24, ft_proj_selector=1, global_bn=False)
+  x = tf.random.normal([6, 40])
+  out, selected = head(x, training=False)
+  assert out.shape == (6, 24) and selected.shape == (6, 40)
+  shapes = {v.path.split('/', 1)[1]: tuple(v.shape) for v in head.trainable_variables}
+  # Middle layers: Dense(input width) without bias + BN with beta (its bias); last: Dense(out_dim) + BN, no beta.
+  assert shapes['nl_0/dense/kernel'] == (40, 40) and shapes['nl_1/dense/kernel'] == (40, 40)
+  assert shapes['nl_2/dense/kernel'] == (40, 24)
+  assert sum(p.endswith('beta') for p in shapes) == 2 and sum(p.endswith('gamma') for p in shapes) == 3
+  assert not any(p.endswith('dense/bias') for p in shapes)
+  # Selector 1 is the first layer's output after its ReLU.
+  first = tf.nn.relu(head.linear_layers[0](x, training=False))
+  np.testing.assert_allclose(selected.numpy(), first.numpy(), rtol=1e-6)
+  assert np.all(selected.numpy() >= 0)
+
+
+def test_linear_and_none_heads():
+  x = tf.random.normal([4, 12])
+  out, selected = model.ProjectionHead('linear', out_dim=5, ft_proj_selector=0)(x, training=False)
+  assert out.shape == (4, 5)
+  np.testing.assert_array_equal(selected.numpy(), x.numpy())
+  out, selected = model.ProjectionHead('none')(x, training=False)
+  np.testing.assert_array_equal(out.numpy(), x.numpy())
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(mode='mlp'), 'proj_head_mode'), (dict(mode='nonlinear', num_layers=2, ft_proj_selector=3),
+                                           'ft_proj_selector'),
+    (dict(mode='none', ft_proj_selector=1), 'ft_proj_selector'), (dict(out_dim=0), 'proj_out_dim')])
+def test_projection_head_validation(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    model.ProjectionHead(**kwargs)
+
+
+def test_pretrain_model_splits_views_and_stops_supervised_gradient():
+  net = model.SimCLRModel(7, **TINY)
+  view = tf.random.uniform([3, 32, 32, 3])
+  outputs = net(tf.concat([view, view], -1), training=False)
+  assert set(outputs) == set(model.OUTPUT_KEYS)
+  assert outputs['proj_head_output'].shape == (6, 128) and outputs['logits_sup'].shape == (6, 7)
+  # Views go onto the batch axis as [view 1; view 2]: identical views give identical halves.
+  np.testing.assert_allclose(outputs['proj_head_output'][:3].numpy(), outputs['proj_head_output'][3:].numpy(),
+                             rtol=1e-5, atol=1e-6)
+  with tf.GradientTape(persistent=True) as tape:
+    outputs = net(tf.random.uniform([2, 32, 32, 6]), training=True)
+    sup = tf.reduce_sum(outputs['logits_sup'])
+    con = tf.reduce_sum(outputs['proj_head_output'][0])  # (a batch-normalised column sums to 0)
+  encoder_vars = net.resnet_model.trainable_variables
+  assert all(g is None for g in tape.gradient(sup, encoder_vars))  # linear eval cannot shape the encoder
+  assert any(g is not None and np.any(g.numpy()) for g in tape.gradient(con, encoder_vars))
+  assert all(g is not None for g in tape.gradient(sup, net.supervised_head.trainable_variables))
+
+
+def test_finetune_model_trains_encoder_through_supervised_head():
+  net = model.SimCLRModel(4, train_mode='finetune', ft_proj_selector=1, **TINY)
+  with tf.GradientTape() as tape:
+    outputs = net(tf.random.uniform([2, 32, 32, 3]), training=True)
+    loss = tf.reduce_sum(outputs['logits_sup'] ** 2)
+  grads = tape.gradient(loss, net.resnet_model.trainable_variables)
+  assert all(g is not None for g in grads)
+  # Selector 1: the supervised head reads the first projection layer (width 128 here).
+  assert net.supervised_head.linear_layer.dense.kernel.shape == (128, 4)
+
+
+def test_model_without_supervised_head_and_validation():
+  net = model.SimCLRModel(None, lineareval_while_pretraining=False, **TINY)
+  outputs = net(tf.zeros([1, 32, 32, 6]), training=False)
+  assert outputs['logits_sup'] is None and net.supervised_head is None
+  with pytest.raises(ValueError, match='fine_tune_after_block'):
+    model.SimCLRModel(10, fine_tune_after_block=2, **TINY)
+  with pytest.raises(ValueError, match='train_mode'):
+    model.SimCLRModel(10, train_mode='distill', **TINY)
+  with pytest.raises(ValueError, match='multiple of 3'):
+    net(tf.zeros([1, 32, 32, 4]))
+
+
+def reference_schedule(step, base_lr, num_examples, batch, warmup_epochs, total_steps, scaling):
+  """The authors' WarmUpAndCosineDecay, in plain Python."""
+  warmup = int(round(warmup_epochs * num_examples // batch))
+  peak = base_lr * batch / 256 if scaling == 'linear' else base_lr * math.sqrt(batch)
+  if step < warmup:
+    return step / warmup * peak
+  progress = min(step - warmup, total_steps - warmup) / (total_steps - warmup)
+  return peak * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@pytest.mark.parametrize('base_lr, num_examples, batch, warmup_epochs, epochs, steps, scaling', [
+    (0.3, 50_000, 512, 10, 100, None, 'linear'),  # CIFAR-10 style
+    (0.075, 1_281_167, 4096, 10, 100, None, 'sqrt'),  # ImageNet with sqrt scaling
+    (0.1, 1000, 100, 0, None, 50, 'linear'),  # no warmup, explicit steps
+    (1.0, 1000, 64, 2.5, 20, None, 'linear'),  # fractional warmup epochs
+])
+def test_schedule_matches_reference(base_lr, num_examples, batch, warmup_epochs, epochs, steps, scaling):
+  schedule = model.WarmUpAndCosineDecay(base_lr, num_examples, batch, warmup_epochs, epochs, steps, scaling)
+  total = model.get_train_steps(num_examples, batch, epochs, steps)
+  assert schedule.total_steps == total
+  probe = sorted({0, 1, schedule.warmup_steps - 1, schedule.warmup_steps, schedule.warmup_steps + 1,
+                  total // 2, total - 1, total, total + 10} - {-1})
+  got = [float(schedule(step)) for step in probe]
+  want = [reference_schedule(s, base_lr, num_examples, batch, warmup_epochs, total, scaling) for s in probe]
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+  clone = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(schedule))
+  assert float(clone(total // 3)) == pytest.approx(float(schedule(total // 3)))
+
+
+def test_schedule_validation():
+  with pytest.raises(ValueError, match='learning_rate_scaling'):
+    model.WarmUpAndCosineDecay(0.1, 100, 10, 1, 10, scaling='log')
+  with pytest.raises(ValueError, match='warmup'):
+    model.WarmUpAndCosineDecay(0.1, 100, 10, warmup_epochs=20, train_epochs=10)
+  with pytest.raises(ValueError, match='train_steps or train_epochs'):
+    model.get_train_steps(100, 10)
+
+
+def test_build_optimizer():
+  assert isinstance(model.build_optimizer('lars', 0.1, weight_decay=1e-6), lars_optimizer.LARSOptimizer)
+  sgd = model.build_optimizer('momentum', 0.1, momentum=0.8)
+  assert isinstance(sgd, keras.optimizers.SGD) and sgd.nesterov and sgd.momentum == 0.8
+  assert isinstance(model.build_optimizer('adam', 0.1), keras.optimizers.Adam)
+  with pytest.raises(ValueError, match='optimizer'):
+    model.build_optimizer('rmsprop', 0.1)
+
+
+def test_weight_decay_exclusions_on_real_variable_paths():
+  """LARS decays conv/dense kernels only; the explicit L2 covers exactly the supervised head's kernel."""
+  net = model.SimCLRModel(5, **TINY)
+  net(tf.zeros([1, 32, 32, 6]), training=False)
+  variables = net.trainable_variables
+  opt = model.build_optimizer('lars', 0.1, weight_decay=1e-4)
+  opt.build(variables)
+  decayed = {v.path for v, flag in zip(variables, opt._use_decay) if flag}
+  adapted = {v.path for v, flag in zip(variables, opt._use_adaptation) if flag}
+  assert decayed == adapted
+  assert decayed == {v.path for v in variables if v.path.endswith('kernel') and 'head_supervised' not in v.path}
+  assert not any('gamma' in p or 'beta' in p or 'bias' in p for p in decayed)
+
+  head_kernel = net.supervised_head.linear_layer.dense.kernel.numpy()
+  np.testing.assert_allclose(model.weight_decay_loss(variables, 1e-4, 'lars').numpy(),
+                             1e-4 * 0.5 * np.sum(head_kernel ** 2), rtol=1e-5)
+  # Other optimizers (and eval's regularization loss): every non-BatchNorm variable, biases included.
+  non_bn = [v.numpy() for v in variables if 'batch_normalization' not in v.path]
+  assert any(v.path.endswith('bias') for v in variables)
+  np.testing.assert_allclose(model.weight_decay_loss(variables, 1e-4, 'momentum').numpy(),
+                             1e-4 * 0.5 * sum(np.sum(w ** 2) for w in non_bn), rtol=1e-5)
+  assert float(model.weight_decay_loss(variables, 0.0, 'momentum')) == 0.0

@@ -1,0 +1,125 @@
+"""The encoder is the paper's: parameter counts, endpoints, zero-init, freezing, validation."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import resnet
+
+
+def trainable_count(layer):
+  return sum(int(np.prod(v.shape)) for v in layer.trainable_variables)
+
+
+def build(depth, width=1, image_size=32, **kwargs):
+  encoder = resnet.resnet(depth, width, **kwargs)
+  encoder(tf.zeros([1, image_size, image_size, 3]), training=False)
+  return encoder
+
+
+@pytest.mark.parametrize('depth, width, cifar_stem, expected', [
+    (50, 1, False, 23_508_032),  # torchvision's ResNet-50 minus its 1000-way fc (2,049,000)
+    (18, 1, True, 11_173_056),  # CIFAR stem, projection shortcut in block group 1 as in the authors' code
+])
+def test_parameter_counts_exact(depth, width, cifar_stem, expected):
+  assert trainable_count(build(depth, width, cifar_stem=cifar_stem)) == expected
+
+
+# SimCLRv2 README, "Param (M)" column (encoder only; rounded to millions there).
+@pytest.mark.slow
+@pytest.mark.parametrize('depth, width, sk_ratio, millions', [
+    (50, 1, 0.0625, 35), (50, 2, 0.0, 94), (101, 1, 0.0625, 65), (152, 3, 0.0625, 795)])
+def test_parameter_counts_simclrv2_table(depth, width, sk_ratio, millions):
+  count = trainable_count(build(depth, width, sk_ratio=sk_ratio))
+  assert round(count / 1e6) == millions, count
+
+
+@pytest.mark.parametrize('depth, width, cifar_stem, image_size, expected_shapes', [
+    (18, 0.25, True, 32, {'initial_conv': (32, 32, 16), 'initial_max_pool': (32, 32, 16),
+                          'block_group1': (32, 32, 16), 'block_group2': (16, 16, 32),
+                          'block_group3': (8, 8, 64), 'block_group4': (4, 4, 128), 'final_avg_pool': (128,)}),
+    (50, 0.25, False, 64, {'initial_conv': (32, 32, 16), 'initial_max_pool': (16, 16, 16),
+                           'block_group1': (16, 16, 64), 'block_group2': (8, 8, 128),
+                           'block_group3': (4, 4, 256), 'block_group4': (2, 2, 512), 'final_avg_pool': (512,)}),
+])
+def test_endpoints_and_fractional_widths(depth, width, cifar_stem, image_size, expected_shapes):
+  encoder = resnet.resnet(depth, width, cifar_stem=cifar_stem)
+  images = tf.random.uniform([2, image_size, image_size, 3])
+  endpoints = encoder(images, training=False, return_endpoints=True)
+  assert tuple(endpoints) == resnet.ENDPOINTS
+  assert {k: tuple(v.shape[1:]) for k, v in endpoints.items()} == expected_shapes
+  pooled = encoder(images, training=False)
+  np.testing.assert_allclose(pooled.numpy(), endpoints['final_avg_pool'].numpy(), rtol=1e-6)
+  assert pooled.shape[-1] == resnet.output_width(depth, width)
+
+
+def test_odd_image_sizes_use_fixed_padding():
+  # 7x7/2 conv on 33 px with fixed padding 3: floor((33 + 6 - 7) / 2) + 1 = 17; max-pool 'same': 9.
+  endpoints = resnet.resnet(18, 0.25)(tf.zeros([1, 33, 33, 3]), training=False, return_endpoints=True)
+  assert endpoints['initial_conv'].shape[1:3] == (17, 17)
+  assert endpoints['initial_max_pool'].shape[1:3] == (9, 9)
+
+
+@pytest.mark.parametrize('depth, sk_ratio, se_ratio', [(18, 0.0, 0.0), (50, 0.0625, 0.25)])
+def test_last_batchnorm_of_each_block_starts_at_zero_gamma(depth, sk_ratio, se_ratio):
+  encoder = build(depth, 0.25, sk_ratio=sk_ratio, se_ratio=se_ratio)
+  blocks = [block for group in encoder.block_groups for block in group.layers]
+  for block in blocks:
+    inner = block.conv2d_bn_layers if depth < 50 else block.conv_relu_dropblock_layers
+    last_bn = [layer for layer in inner if isinstance(layer, resnet.BatchNormRelu)][-1]
+    np.testing.assert_array_equal(last_bn.bn.gamma.numpy(), 0.0)
+  zero_gammas = [v for v in encoder.trainable_variables if v.path.endswith('gamma') and not np.any(v.numpy())]
+  assert len(zero_gammas) == len(blocks) == sum(resnet._ARCHITECTURES[depth][1])
+  # At initialisation a block without projection is relu(input): its residual branch is exactly 0.
+  channels = 16 if depth < 50 else 64
+  x = tf.random.normal([2, 8, 8, channels])
+  np.testing.assert_allclose(blocks[1](x, training=False).numpy(), tf.nn.relu(x).numpy(), atol=1e-6)
+
+
+def test_batchnorm_settings_follow_arguments():
+  encoder = build(18, 0.25, cifar_stem=True, global_bn=False, batch_norm_decay=0.97)
+  bns = [layer.bn for layer in _all_layers(encoder) if isinstance(layer, resnet.BatchNormRelu)]
+  assert bns and all(bn.momentum == 0.97 and bn.epsilon == 1e-5 and not bn.synchronized for bn in bns)
+  synced = build(18, 0.25, cifar_stem=True)
+  assert all(layer.bn.synchronized for layer in _all_layers(synced) if isinstance(layer, resnet.BatchNormRelu))
+
+
+def _all_layers(layer):
+  found = []
+  for sub in layer._flatten_layers(include_self=False, recursive=True):
+    found.append(sub)
+  return found
+
+
+@pytest.mark.parametrize('after_block', [0, 2, 4])
+def test_fine_tune_after_block_freezes_the_prefix(after_block):
+  encoder = build(18, 0.25, cifar_stem=True, fine_tune_after_block=after_block)
+  full = build(18, 0.25, cifar_stem=True)
+  frozen_prefixes = ['block_group%d' % i for i in range(1, after_block + 1)]
+  for v in encoder.trainable_variables:
+    assert '/block_group' in v.path, f'stem variable {v.path} should be frozen'
+    assert not any(f'/{p}/' in v.path for p in frozen_prefixes), v.path
+  assert len(encoder.trainable_variables) < len(full.trainable_variables)
+
+  # Frozen BatchNorms do not update their moving statistics in training mode.
+  stem_bn = encoder.initial_conv_relu_max_pool[1].bn
+  before = stem_bn.moving_mean.numpy().copy()
+  images = tf.random.uniform([4, 32, 32, 3])
+  with tf.GradientTape() as tape:
+    out = encoder(images, training=True)
+  np.testing.assert_array_equal(stem_bn.moving_mean.numpy(), before)
+  grads = tape.gradient(out, encoder.trainable_variables)
+  if after_block < 4:
+    assert all(g is not None for g in grads) and any(np.any(g.numpy()) for g in grads)
+  else:
+    assert not encoder.trainable_variables or all(g is None for g in grads)
+
+
+def test_rejects_bad_arguments():
+  with pytest.raises(ValueError, match='resnet_depth'):
+    resnet.resnet(20)
+  with pytest.raises(ValueError, match='width_multiplier'):
+    resnet.resnet(18, 0)
+  with pytest.raises(ValueError, match='fine_tune_after_block'):
+    resnet.resnet(18, fine_tune_after_block=5)
+
