@@ -8,7 +8,19 @@ import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+import pytest  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 _cpus = tf.config.list_physical_devices('CPU')
 tf.config.set_logical_device_configuration(_cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+
+
+@pytest.fixture(scope='session')
+def two_replica_strategy():
+  """One MirroredStrategy over the 2 logical CPUs, shared by every test.
+
+  A process must not create several: their collective ops reuse instance keys and TensorFlow then aborts
+  ("Collective instance 100 expected type 0 ... but got type 2").
+  """
+  devices = [d.name for d in tf.config.list_logical_devices('CPU')[:2]]
+  return tf.distribute.MirroredStrategy(devices)

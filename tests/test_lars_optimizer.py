@@ -114,10 +114,9 @@ def test_zero_weights_use_trust_ratio_one():
   np.testing.assert_allclose(variable.numpy(), [-0.5, -1.0, -1.5])
 
 
-def test_two_replicas_apply_the_summed_gradient():
+def test_two_replicas_apply_the_summed_gradient(two_replica_strategy):
   """Under MirroredStrategy each replica's update (from all-reduced gradients) matches the numpy rule."""
-  devices = [d.name for d in tf.config.list_logical_devices('CPU')[:2]]
-  strategy = tf.distribute.MirroredStrategy(devices)
+  strategy = two_replica_strategy
   weights, grads = _problem(seed=3, steps=3)
   with strategy.scope():
     dense = _keras_variables(weights)

@@ -64,13 +64,7 @@ def test_rejects_bad_temperature():
     objective.add_contrastive_loss(tf.ones([4, 3]), temperature=0.0)
 
 
-def _two_replica_strategy():
-  devices = tf.config.list_logical_devices('CPU')
-  assert len(devices) >= 2, 'tests/conftest.py configures 2 logical CPU devices'
-  return tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
-
-
-def test_two_replicas_equal_one_replica_loss_and_gradients():
+def test_two_replicas_equal_one_replica_loss_and_gradients(two_replica_strategy):
   """The global batch split over 2 replicas gives the 1-device loss, gradients, and per-replica labels."""
   n_per_replica, d, temperature = 4, 8, 0.3
   rng = np.random.default_rng(2)
@@ -83,7 +77,7 @@ def test_two_replicas_equal_one_replica_loss_and_gradients():
     loss_single, _, _ = objective.add_contrastive_loss(single, temperature=temperature)
   grad_single = tape.gradient(loss_single, single).numpy()
 
-  strategy = _two_replica_strategy()
+  strategy = two_replica_strategy
   hidden_per_replica = strategy.experimental_distribute_values_from_function(
       lambda context: tf.constant(blocks[context.replica_id_in_sync_group]))
 
