@@ -24,3 +24,12 @@ def two_replica_strategy():
   """
   devices = [d.name for d in tf.config.list_logical_devices('CPU')[:2]]
   return tf.distribute.MirroredStrategy(devices)
+
+
+@pytest.fixture(scope='session')
+def shapes_data_dir(tmp_path_factory):
+  """A data_dir with the embedded dataset prepared once for the whole session (~10 s)."""
+  import data  # pylint: disable=g-import-not-at-top
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  data.load_source(data.EMBEDDED_DATASET, data_dir)
+  return data_dir

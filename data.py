@@ -1,0 +1,333 @@
+"""Where images come from, and how they become (distributed) batches.
+
+`--dataset` is one of:
+  - a TFDS name (`cifar10`, `imagenet2012_subset/10pct`, ...), read from `data_dir`; nothing is downloaded when
+    the download host is unreachable: a clear error comes within seconds instead of TFDS's ~3.5 minutes of
+    retries;
+  - a folder `<root>/<split>/<class>/<image>` (PNG, JPEG, BMP, GIF); images directly in `<root>/<split>/` are
+    unlabeled (label -1), which pretraining accepts;
+  - `simclr_shapes`, the embedded default, generated into `data_dir` on first use (see shapes_dataset.py).
+
+Every source yields examples `{'image': uint8 [H, W, 3], 'label': int64 (-1 = none), 'id': string}`; `id` is
+stable across runs (TFDS id or relative path), which is what label-fraction subsets are written in.
+"""
+
+import dataclasses
+import json
+import os
+import socket
+import urllib.parse
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+import data_util
+import shapes_dataset
+
+EMBEDDED_DATASET = shapes_dataset.NAME
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif')
+LABEL_SUBSET_FILE = 'label_subset.json'
+FOLDER_HINT = 'or pass an image folder laid out <root>/<split>/<class>/<image> as --dataset=/path/to/root'
+
+
+class DataError(ValueError):
+  """Data that cannot be used as asked; the message says what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """A dataset's metadata and a way to read a split's examples.
+
+  Attributes:
+    name: the `--dataset` value.
+    class_names: label names; index = label id. Empty for fully unlabeled data.
+    split_sizes: {split: number of examples}.
+    image_shape: `(H, W, 3)` when every image has that size (enables batched cropping), else None.
+    read: `read(split, input_context=None, shuffle_files=False)` -> tf.data.Dataset of examples.
+  """
+  name: str
+  class_names: tuple
+  split_sizes: dict
+  image_shape: tuple
+  read: object
+
+  @property
+  def num_classes(self):
+    return len(self.class_names)
+
+  def num_examples(self, split):
+    if split not in self.split_sizes:
+      raise DataError(f'Split {split!r} is not in dataset {self.name!r}; it has {sorted(self.split_sizes)}.')
+    return self.split_sizes[split]
+
+
+def load_source(dataset, data_dir=None, strict_images=False):
+  """The `Source` for a TFDS name, an image folder, or the embedded dataset."""
+  if not dataset:
+    raise DataError(f'--dataset is empty: give a TFDS name, {EMBEDDED_DATASET!r}, {FOLDER_HINT}.')
+  if os.path.isdir(dataset):
+    return _folder_source(dataset, strict_images)
+  if dataset.startswith(('/', '.', '~')):
+    raise DataError(f'Image folder {dataset} does not exist (--dataset is a path).')
+  return _tfds_source(dataset, data_dir)
+
+
+# ----------------------------------------------------------------------------------------------- TFDS
+
+
+def _tfds_source(name, data_dir):
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except (tfds.core.registered.DatasetNotFoundError, ValueError) as error:
+    raise DataError(f'Unknown dataset {name!r}: not a TFDS dataset name and not an existing folder '
+                    f'({error.__class__.__name__}). Use a TFDS name, {EMBEDDED_DATASET!r}, {FOLDER_HINT}.'
+                    ) from None
+  if not builder.is_prepared():
+    _prepare(builder, name, data_dir)
+  info = builder.info
+  label = info.features['label'] if 'label' in info.features else None
+  class_names = tuple(label.names) if isinstance(label, tfds.features.ClassLabel) else ()
+  shape = tuple(info.features['image'].shape)
+  image_shape = shape if None not in shape else None
+
+  def read(split, input_context=None, shuffle_files=False):
+    split_info = info.splits[split]
+    num_pipelines = input_context.num_input_pipelines if input_context else 1
+    by_file = num_pipelines > 1 and split_info.num_shards >= num_pipelines
+    read_config = tfds.ReadConfig(add_tfds_id=True, input_context=input_context if by_file else None)
+    ds = builder.as_dataset(split=split, shuffle_files=shuffle_files, read_config=read_config)
+    if num_pipelines > 1 and not by_file:
+      ds = ds.shard(num_pipelines, input_context.input_pipeline_id)
+    return ds.map(_tfds_example, num_parallel_calls=tf.data.AUTOTUNE)
+
+  split_sizes = {split: info.splits[split].num_examples for split in info.splits}
+  return Source(name, class_names, split_sizes, image_shape, read)
+
+
+def _tfds_example(example):
+  image = example['image']
+  if image.shape[-1] == 1:
+    image = tf.image.grayscale_to_rgb(image)
+  label = tf.cast(example.get('label', tf.constant(-1, tf.int64)), tf.int64)
+  return {'image': image[..., :3], 'label': label, 'id': example['tfds_id']}
+
+
+def _prepare(builder, name, data_dir):
+  """Prepares a TFDS dataset, failing fast when its data cannot be fetched."""
+  where = f'--data_dir={data_dir}' if data_dir else 'the default --data_dir (~/tensorflow_datasets)'
+  if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
+    manual_dir = os.path.join(data_dir or os.path.expanduser('~/tensorflow_datasets'), 'downloads', 'manual')
+    if not os.path.isdir(manual_dir) or not os.listdir(manual_dir):
+      raise DataError(f'Dataset {name!r} is not prepared in {where}, and it needs files you download yourself '
+                      f'into {manual_dir} (see the TFDS catalog for {name}); {FOLDER_HINT}.')
+  host = _unreachable_host(builder)
+  if host:
+    raise DataError(f'Dataset {name!r} is not prepared in {where}, and it cannot be downloaded from here '
+                    f'({host} is unreachable). Prepare it where there is network access '
+                    f'(`tfds build {name} --data_dir=DIR`) and point --data_dir at DIR, {FOLDER_HINT}.')
+  logging.info('Preparing dataset %s in %s (once).', name, where)
+  builder.download_and_prepare()
+
+
+def _unreachable_host(builder, timeout=5.0):
+  """The first download host of `builder` that does not answer a TCP connection within `timeout`, if any."""
+  try:
+    urls = list(builder.url_infos or ())
+  except Exception:  # pylint: disable=broad-except
+    urls = []
+  for host in sorted({urllib.parse.urlparse(url).hostname for url in urls} - {None}):
+    try:
+      socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+      return host
+  return None
+
+
+# ----------------------------------------------------------------------------------------------- folders
+
+
+def _list_split(root, split):
+  """[(relative path, class name or None)] of a split folder; class folders must not be empty."""
+  split_dir = os.path.join(root, split)
+  entries = []
+  for entry in sorted(os.listdir(split_dir)):
+    path = os.path.join(split_dir, entry)
+    if os.path.isdir(path):
+      images = sorted(f for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS))
+      if not images:
+        raise DataError(f'Class folder {path} has no images ({", ".join(IMAGE_EXTENSIONS)}).')
+      entries += [(os.path.join(split, entry, f), entry) for f in images]
+    elif entry.lower().endswith(IMAGE_EXTENSIONS):
+      entries.append((os.path.join(split, entry), None))  # unlabeled
+  if not entries:
+    raise DataError(f'Split folder {split_dir} has no images: expected {split_dir}/<class>/<image> or '
+                    f'{split_dir}/<image> ({", ".join(IMAGE_EXTENSIONS)}).')
+  return entries
+
+
+def _decode(path):
+  return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+
+
+def _check_images(root, entries, strict):
+  """Decodes every image once; returns (usable entries, set of image shapes). Corrupt files are skipped
+  (counted in the log) or, when `strict`, fail naming the first one."""
+  paths = [os.path.join(root, rel) for rel, _ in entries]
+  checked = tf.data.Dataset.from_tensor_slices((tf.range(len(paths)), paths))
+  checked = checked.map(lambda i, p: (i, tf.shape(_decode(p))), num_parallel_calls=tf.data.AUTOTUNE)
+  checked = checked.ignore_errors()
+  good, shapes = set(), set()
+  for index, shape in checked.as_numpy_iterator():
+    good.add(int(index))
+    shapes.add(tuple(int(s) for s in shape))
+  bad = [paths[i] for i in range(len(paths)) if i not in good]
+  if bad and strict:
+    raise DataError(f'Corrupt or unreadable image: {bad[0]} ({len(bad)} in all; drop --strict_images to '
+                    f'skip them).')
+  if bad:
+    logging.warning('Skipping %d corrupt or unreadable image(s) under %s, e.g. %s', len(bad), root, bad[:3])
+  return [entries[i] for i in sorted(good)], shapes
+
+
+def _folder_source(root, strict):
+  root = os.path.abspath(root)
+  splits = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+  if not splits:
+    raise DataError(f'Image folder {root} has no split folders: expected {root}/<split>/<class>/<image>.')
+  listed = {split: _list_split(root, split) for split in splits}
+  class_names = tuple(sorted({name for entries in listed.values() for _, name in entries if name}))
+  label_of = {name: i for i, name in enumerate(class_names)}
+  checked, shapes = {}, set()
+  for split, entries in listed.items():
+    checked[split], split_shapes = _check_images(root, entries, strict)
+    if not checked[split]:
+      raise DataError(f'Split folder {os.path.join(root, split)} has no readable images.')
+    shapes |= split_shapes
+  image_shape = next(iter(shapes)) if len(shapes) == 1 else None
+  logging.info('Image folder %s: splits %s, %d classes, image size %s', root,
+               {s: len(e) for s, e in checked.items()}, len(class_names), image_shape or 'varies')
+
+  def read(split, input_context=None, shuffle_files=False):
+    entries = checked[split]
+    ids = [rel for rel, _ in entries]
+    labels = [label_of[name] if name else -1 for _, name in entries]
+    ds = tf.data.Dataset.from_tensor_slices((ids, tf.constant(labels, tf.int64)))
+    if input_context and input_context.num_input_pipelines > 1:
+      ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    if shuffle_files:
+      ds = ds.shuffle(len(ids), reshuffle_each_iteration=True)
+
+    def load(rel, label):
+      image = tf.ensure_shape(_decode(tf.strings.join([root + os.sep, rel])), [None, None, 3])
+      return {'image': image, 'label': label, 'id': rel}
+
+    return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+
+  return Source(root, class_names, {s: len(e) for s, e in checked.items()}, image_shape, read)
+
+
+# ----------------------------------------------------------------------------------------------- labels
+
+
+def label_fraction_subset(source, split, fraction, seed=0):
+  """Class-balanced, seeded subset of `split`: round(fraction * n_c) (at least 1) examples of each class.
+
+  Returns the sorted example ids. Deterministic for a given dataset, split, fraction and seed.
+  """
+  if not 0 < fraction <= 1:
+    raise DataError(f'label_fraction must be in (0, 1], got {fraction}.')
+  by_class = {}
+  labels_only = source.read(split).map(lambda ex: (ex['id'], ex['label']))
+  for example_id, label in labels_only.as_numpy_iterator():
+    by_class.setdefault(int(label), []).append(example_id.decode())
+  by_class.pop(-1, None)
+  if not by_class:
+    raise DataError(f'Split {split!r} of {source.name!r} has no labels, so it has no label fraction.')
+  rng = np.random.default_rng(seed)
+  chosen = []
+  for label in sorted(by_class):
+    ids = sorted(by_class[label])
+    take = max(1, int(round(fraction * len(ids))))
+    chosen += [ids[i] for i in sorted(rng.permutation(len(ids))[:take])]
+  return sorted(chosen)
+
+
+def write_label_subset(model_dir, ids, **details):
+  """Writes the ids (and how they were chosen) to `model_dir/label_subset.json`; returns the path."""
+  tf.io.gfile.makedirs(model_dir)
+  path = os.path.join(model_dir, LABEL_SUBSET_FILE)
+  with tf.io.gfile.GFile(path, 'w') as f:
+    json.dump(dict(details, num_examples=len(ids), ids=list(ids)), f, indent=1)
+  return path
+
+
+# ----------------------------------------------------------------------------------------------- batches
+
+
+def build_dataset(source, split, batch_size, is_training, train_mode='pretrain', image_size=32,
+                  color_jitter_strength=1.0, use_blur=False, cache=False, subset_ids=None, input_context=None,
+                  shuffle_buffer=10_000):
+  """Batches of `(images, one-hot labels)` for one replica.
+
+  Pretraining training batches are `[B, S, S, 6]` (two views stacked on channels); fine-tuning training and
+  all eval batches are `[B, S, S, 3]`. Labels are one-hot `[B, num_classes]` (all zeros when unlabeled).
+  Training batches are shuffled, repeated and full (`drop_remainder`); eval batches cover the split once.
+  """
+  ds = source.read(split, input_context=input_context, shuffle_files=is_training)
+  if subset_ids is not None:
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(list(subset_ids)), tf.ones([len(subset_ids)], tf.int32)),
+        default_value=0)
+    ds = ds.filter(lambda ex: table.lookup(ex['id']) > 0)
+  ds = ds.map(lambda ex: (ex['image'], tf.one_hot(ex['label'], max(source.num_classes, 1))))
+  if cache:
+    ds = ds.cache()
+  if is_training:
+    ds = ds.shuffle(shuffle_buffer).repeat()
+  pretrain = is_training and train_mode == 'pretrain'
+  eval_crop = image_size > 32  # the authors do not crop images of 32 px or less for eval
+
+  def geometry(images):
+    if not is_training:
+      return data_util.preprocess_for_eval(images, image_size, image_size, crop=eval_crop)
+    if pretrain:  # both views of each image, view-major
+      images = tf.concat([images, images], axis=0)
+    return data_util.random_geometry(images, image_size, image_size)
+
+  def photometric(images):
+    if not pretrain:
+      return images
+    views = data_util.random_photometric(images, color_distort=True,
+                                         color_jitter_strength=color_jitter_strength, blur=use_blur)
+    return data_util.stack_views(views, 2)
+
+  if source.image_shape is not None:  # same-size images: augment whole batches at once
+    ds = ds.batch(batch_size, drop_remainder=is_training)
+    ds = ds.map(lambda images, labels: (photometric(geometry(images)), labels),
+                num_parallel_calls=tf.data.AUTOTUNE)
+  else:  # crop each image on its own, then colour whole batches
+    def per_example(image, label):
+      views = geometry(image[None])
+      return (tf.concat(tf.split(views, 2, axis=0), -1)[0] if pretrain else views[0]), label
+    ds = ds.map(per_example, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=is_training)
+    if pretrain:
+      ds = ds.map(lambda images, labels: (photometric(tf.concat(tf.split(images, 2, axis=-1), 0)), labels),
+                  num_parallel_calls=tf.data.AUTOTUNE)
+  return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def build_distributed_dataset(strategy, global_batch_size, source, split, **kwargs):
+  """`build_dataset` per replica through `strategy.distribute_datasets_from_function`: each worker reads its
+  own shard and each replica gets `global_batch_size / num_replicas` examples."""
+  replicas = strategy.num_replicas_in_sync
+  if global_batch_size % replicas:
+    raise DataError(f'The batch size {global_batch_size} is not divisible by the {replicas} replicas.')
+
+  def dataset_fn(input_context):
+    per_replica = input_context.get_per_replica_batch_size(global_batch_size)
+    return build_dataset(source, split, per_replica, input_context=input_context, **kwargs)
+
+  return strategy.distribute_datasets_from_function(dataset_fn)

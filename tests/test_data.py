@@ -1,0 +1,158 @@
+"""Data sources (folders, TFDS, mocked TFDS, the embedded set), label fractions and distributed batches."""
+
+import json
+import logging
+import os
+import time
+
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+import data
+
+
+def _write(path, array, fmt=None):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  Image.fromarray(array).save(path, format=fmt)
+
+
+@pytest.fixture
+def folder(tmp_path):
+  """train: cats (RGB PNG, grayscale PNG, RGBA PNG), dogs (JPEG, BMP, GIF); test: one of each; mixed sizes."""
+  rng = np.random.default_rng(0)
+  rgb = lambda h, w: rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+  root = tmp_path / 'images'
+  _write(str(root / 'train/cat/a.png'), rgb(40, 40))
+  _write(str(root / 'train/cat/b.png'), rng.integers(0, 256, (36, 44), dtype=np.uint8))  # grayscale
+  _write(str(root / 'train/cat/c.png'), rng.integers(0, 256, (40, 40, 4), dtype=np.uint8))  # RGBA
+  _write(str(root / 'train/dog/d.jpg'), rgb(50, 30))
+  _write(str(root / 'train/dog/e.bmp'), rgb(20, 20))  # smaller than the crop
+  _write(str(root / 'train/dog/f.gif'), rgb(40, 40)[..., 0])
+  _write(str(root / 'test/cat/g.png'), rgb(40, 40))
+  _write(str(root / 'test/dog/h.png'), rgb(40, 40))
+  return root
+
+
+def test_folder_source_metadata_and_channels(folder):
+  source = data.load_source(str(folder))
+  assert source.class_names == ('cat', 'dog')
+  assert source.split_sizes == {'train': 6, 'test': 2}
+  assert source.image_shape is None  # sizes differ: images are cropped one by one
+  examples = list(source.read('train').as_numpy_iterator())
+  assert all(ex['image'].shape[-1] == 3 and ex['image'].dtype == np.uint8 for ex in examples)
+  labels = {ex['id'].decode(): int(ex['label']) for ex in examples}
+  assert labels['train/cat/c.png'] == 0 and labels['train/dog/e.bmp'] == 1
+
+
+@pytest.mark.parametrize('train_mode, channels', [('pretrain', 6), ('finetune', 3)])
+def test_folder_batches(folder, train_mode, channels):
+  source = data.load_source(str(folder))
+  ds = data.build_dataset(source, 'train', 4, is_training=True, train_mode=train_mode, image_size=32)
+  images, labels = next(iter(ds))
+  assert images.shape == (4, 32, 32, channels) and labels.shape == (4, 2)
+  assert np.all(labels.numpy().sum(1) == 1)
+  assert 0.0 <= images.numpy().min() and images.numpy().max() <= 1.0
+  evaluated = [batch for batch in data.build_dataset(source, 'test', 4, is_training=False, image_size=32)]
+  assert sum(int(images.shape[0]) for images, _ in evaluated) == 2
+
+
+def test_unlabeled_split_pretrains(tmp_path):
+  rng = np.random.default_rng(1)
+  for i in range(3):
+    _write(str(tmp_path / f'unlabeled/{i}.png'), rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+  source = data.load_source(str(tmp_path))
+  assert source.num_classes == 0 and source.image_shape == (32, 32, 3)
+  images, labels = next(iter(data.build_dataset(source, 'unlabeled', 2, True, 'pretrain', 32)))
+  assert images.shape == (2, 32, 32, 6)
+  assert not labels.numpy().any()  # no label: all-zero one-hot rows, which the supervised loss ignores
+  with pytest.raises(data.DataError, match='no labels'):
+    data.label_fraction_subset(source, 'unlabeled', 0.5)
+
+
+def test_corrupt_images_are_skipped_or_named(folder, caplog):
+  (folder / 'train/cat/broken.png').write_bytes(b'\x89PNG\r\n\x1a\nnot really a png')
+  with caplog.at_level(logging.WARNING):
+    source = data.load_source(str(folder))
+  assert source.split_sizes['train'] == 6
+  assert 'Skipping 1 corrupt' in caplog.text and 'broken.png' in caplog.text
+  with pytest.raises(data.DataError, match='broken.png'):
+    data.load_source(str(folder), strict_images=True)
+
+
+@pytest.mark.parametrize('layout, message', [
+    ({'train/cat/x.txt': b'not an image'}, 'Class folder .*cat has no images'),
+    ({'train/readme.txt': b''}, 'Split folder .*train has no images'),
+    ({}, 'has no split folders'),
+])
+def test_bad_folders_give_one_clear_error(tmp_path, layout, message):
+  for rel, content in layout.items():
+    os.makedirs(os.path.dirname(tmp_path / rel), exist_ok=True)
+    (tmp_path / rel).write_bytes(content)
+  with pytest.raises(data.DataError, match=message):
+    data.load_source(str(tmp_path))
+
+
+def test_missing_folder_and_unknown_name():
+  with pytest.raises(data.DataError, match='does not exist'):
+    data.load_source('/no/such/folder')
+  with pytest.raises(data.DataError, match='Unknown dataset'):
+    data.load_source('not_a_dataset_name_xyz')
+
+
+def test_missing_tfds_dataset_fails_fast_naming_the_fixes(tmp_path):
+  start = time.monotonic()
+  with pytest.raises(data.DataError) as error:
+    data.load_source('cifar10', str(tmp_path))
+  assert time.monotonic() - start < 20  # not TFDS's ~205 s of download retries
+  assert '--data_dir' in str(error.value) and '<root>/<split>/<class>/<image>' in str(error.value)
+
+
+def test_mocked_tfds_dataset_feeds_batches(tmp_path):
+  # Metadata (splits) for a fake cifar10, then TFDS's mock returns random examples of its features.
+  builder = tfds.builder('cifar10', data_dir=str(tmp_path))
+  info = builder.info
+  info.set_splits(tfds.core.SplitDict([
+      tfds.core.SplitInfo(name=split, shard_lengths=[n], num_bytes=0, filename_template=None)
+      for split, n in (('train', 40), ('test', 20))]))
+  os.makedirs(builder.data_dir, exist_ok=True)
+  info.write_to_directory(builder.data_dir)
+  with tfds.testing.mock_data(num_examples=40, data_dir=str(tmp_path)):
+    source = data.load_source('cifar10', str(tmp_path))
+    assert source.num_classes == 10 and source.image_shape == (32, 32, 3)
+    images, labels = next(iter(data.build_dataset(source, 'train', 8, True, 'pretrain', 32)))
+    assert images.shape == (8, 32, 32, 6) and labels.shape == (8, 10)
+    images, labels = next(iter(data.build_dataset(source, 'test', 8, False, image_size=32)))
+    assert images.shape == (8, 32, 32, 3)
+
+
+def test_embedded_dataset_batches_and_label_fraction(shapes_data_dir, tmp_path):
+  source = data.load_source(data.EMBEDDED_DATASET, shapes_data_dir)
+  ids = data.label_fraction_subset(source, 'train', 0.1, seed=0)
+  assert len(ids) == 500 and ids == data.label_fraction_subset(source, 'train', 0.1, seed=0)
+  assert ids != data.label_fraction_subset(source, 'train', 0.1, seed=1)
+  path = data.write_label_subset(str(tmp_path), ids, dataset=source.name, fraction=0.1, seed=0)
+  assert json.load(open(path))['ids'] == ids
+  ds = data.build_dataset(source, 'train', 50, True, 'finetune', 32, subset_ids=ids, shuffle_buffer=1000)
+  counts = np.zeros(10)
+  for _, (_, labels) in zip(range(10), ds):  # 10 batches of 50 = one pass over the 500-image subset
+    counts += labels.numpy().sum(0)
+  assert counts.sum() == 500 and counts.min() >= 30  # balanced subset (50 per class on average)
+  one_percent = data.label_fraction_subset(source, 'train', 0.01)
+  labels_by_id = {ex['id'].decode(): int(ex['label']) for ex in source.read('train').as_numpy_iterator()}
+  assert np.bincount([labels_by_id[i] for i in one_percent]).tolist() == [5] * 10
+
+
+def test_distributed_batches_are_split_and_sharded(two_replica_strategy, shapes_data_dir):
+  source = data.load_source(data.EMBEDDED_DATASET, shapes_data_dir)
+  dist = data.build_distributed_dataset(two_replica_strategy, 16, source, 'test', is_training=False,
+                                        image_size=32)
+  images, _ = next(iter(dist))
+  per_replica = two_replica_strategy.experimental_local_results(images)
+  assert [int(t.shape[0]) for t in per_replica] == [8, 8]
+  first, second = (t.numpy().reshape(8, -1) for t in per_replica)
+  assert not any((row == second).all(1).any() for row in first)  # no example in both halves
+  with pytest.raises(data.DataError, match='not divisible'):
+    data.build_distributed_dataset(two_replica_strategy, 15, source, 'test', is_training=False)
