@@ -63,7 +63,7 @@ class LinearLayer(keras.layers.Layer):
     return outputs
 
 
-class ProjectionHead(keras.layers.Layer):
+class ProjectionHead(resnet.Layer):
   """The projection g(.) that NT-Xent is applied to (SimCLR section 2.1; SimCLRv2 section 2.2).
 
   'nonlinear': `num_layers` Dense+BN layers, ReLU on all but the last; the middle ones keep the input width,

@@ -37,6 +37,26 @@ _ARCHITECTURES = {
 SUPPORTED_DEPTHS = tuple(sorted(_ARCHITECTURES))
 
 
+class Layer(keras.layers.Layer):
+  """A Keras layer whose sublayers held in Python lists are also checkpoint dependencies.
+
+  Keras 3 wraps list attributes in its own tracking containers, which `tf.train.Checkpoint` does not
+  traverse: without this, a checkpoint would silently miss every layer stored in a list (and the BatchNorm
+  moving statistics of all of them). Children are named `<attribute>_<index>`.
+  """
+
+  def _trackable_children(self, save_type='checkpoint', **kwargs):
+    children = super()._trackable_children(save_type, **kwargs)
+    if save_type == 'checkpoint':
+      for name in getattr(self, '_tracked', ()):
+        value = getattr(self, name, None)
+        if isinstance(value, list):
+          for i, item in enumerate(value):
+            if isinstance(item, tf.__internal__.tracking.Trackable):
+              children[f'{name}_{i}'] = item
+    return children
+
+
 def _conv_initializer():
   return keras.initializers.VarianceScaling()
 
@@ -93,7 +113,7 @@ class Conv2dFixedPadding(keras.layers.Layer):
     return self.conv2d(inputs)
 
 
-class SK_Conv2D(keras.layers.Layer):  # pylint: disable=invalid-name
+class SK_Conv2D(Layer):  # pylint: disable=invalid-name
   """Selective kernel 3x3 convolution (SimCLRv2): two 3x3 streams mixed by a learnt softmax attention.
 
   As in the SimCLRv2 code, both streams are 3x3 (one conv with 2x filters, split in two) and the attention
@@ -161,7 +181,7 @@ def _projection_shortcut(filters_out, strides, resnet_d, bn_args):
   return layers
 
 
-class ResidualBlock(keras.layers.Layer):
+class ResidualBlock(Layer):
   """Basic block of ResNet-18/34: two 3x3 convolutions."""
 
   def __init__(self, filters, strides, use_projection=False, sk_ratio=0.0, se_ratio=0.0, global_bn=True,
@@ -189,7 +209,7 @@ class ResidualBlock(keras.layers.Layer):
     return tf.nn.relu(inputs + shortcut)
 
 
-class BottleneckBlock(keras.layers.Layer):
+class BottleneckBlock(Layer):
   """Bottleneck block of ResNet-50 and deeper: 1x1, 3x3 (or selective kernel), 1x1 with 4x filters."""
 
   def __init__(self, filters, strides, use_projection=False, sk_ratio=0.0, se_ratio=0.0, global_bn=True,
@@ -218,7 +238,7 @@ class BottleneckBlock(keras.layers.Layer):
     return tf.nn.relu(inputs + shortcut)
 
 
-class BlockGroup(keras.layers.Layer):
+class BlockGroup(Layer):
   """`blocks` blocks; the first one strides and has the projection shortcut."""
 
   def __init__(self, filters, block_fn, blocks, strides, block_args, **kwargs):
@@ -232,7 +252,7 @@ class BlockGroup(keras.layers.Layer):
     return inputs
 
 
-class Resnet(keras.layers.Layer):
+class Resnet(Layer):
   """ResNet v1 trunk + global average pool: images [B, H, W, 3] -> representation [B, C].
 
   `call(images, training, return_endpoints=True)` returns the dict of `ENDPOINTS` instead.

@@ -159,3 +159,30 @@ def test_weight_decay_exclusions_on_real_variable_paths():
   np.testing.assert_allclose(model.weight_decay_loss(variables, 1e-4, 'momentum').numpy(),
                              1e-4 * 0.5 * sum(np.sum(w ** 2) for w in non_bn), rtol=1e-5)
   assert float(model.weight_decay_loss(variables, 0.0, 'momentum')) == 0.0
+
+
+def test_checkpoint_holds_every_variable_and_restores_encoder_only(tmp_path):
+  """Layers kept in lists (blocks, heads) are checkpointed, BatchNorm moving statistics included."""
+  def make(train_mode):
+    net = model.SimCLRModel(3, train_mode=train_mode, **TINY)
+    net(tf.random.uniform([4, 32, 32, 6 if train_mode == 'pretrain' else 3]), training=True)
+    return net
+
+  source = make('pretrain')
+  path = tf.train.Checkpoint(model=source).write(str(tmp_path / 'ckpt'))
+  saved = {name for name, _ in tf.train.list_variables(path) if name.startswith('model/')}
+  assert len(saved) == len(source.variables)
+  assert any('moving_mean' in name and 'block_groups_3' in name for name in saved)
+  restored = make('pretrain')
+  tf.train.Checkpoint(model=restored).read(path).assert_existing_objects_matched()
+  for a, b in zip(source.variables, restored.variables):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+  # Fine-tuning restores the encoder and projection head, not the supervised head.
+  finetune = make('finetune')
+  parts = tf.train.Checkpoint(resnet_model=finetune.resnet_model, _projection_head=finetune._projection_head)
+  tf.train.Checkpoint(model=parts).read(path).assert_existing_objects_matched()
+  for a, b in zip(source.resnet_model.variables + source._projection_head.variables,
+                  finetune.resnet_model.variables + finetune._projection_head.variables):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+  assert not np.array_equal(source.supervised_head.variables[0].numpy(),
+                            finetune.supervised_head.variables[0].numpy())
