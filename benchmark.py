@@ -1,10 +1,14 @@
 """Throughput of the parts of SimCLR that bound a run on a small machine.
 
   python benchmark.py input --image_size=224 --source_size=256 --batch_size=128 --use_blur=True --seconds=20
+  python benchmark.py train --resnet_depth=18 --image_size=32 --train_batch_size=128 --use_blur=False --seconds=40
 
 `input` times the pretraining input pipeline (two augmented views per image, as `data.py` builds it for
 same-size images) on in-memory random uint8 images, so no disk I/O or decoding is measured. The last line
 printed is `images_per_sec: N` (source images per second, each with its two views).
+
+`train` times the steady-state pretraining step of run.py (same model, NT-Xent, LARS, weight decay, online
+linear head; `run.make_train_step`) on one synthetic in-memory batch, so no input pipeline is measured.
 """
 
 import argparse
@@ -54,6 +58,34 @@ def bench_input(args):
   print(f'images_per_sec: {rate:.0f}')
 
 
+def bench_train(args):
+  import run  # pylint: disable=g-import-not-at-top  (defines run.py's flags, which are not parsed here)
+  cfg = run.Config.defaults(resnet_depth=args.resnet_depth, width_multiplier=args.width_multiplier,
+                            image_size=args.image_size, train_batch_size=args.train_batch_size,
+                            use_blur=args.use_blur, global_bn=args.global_bn, train_steps=1_000_000,
+                            weight_decay=1e-6, temperature=0.1, learning_rate=0.3)
+  strategy = tf.distribute.get_strategy()
+  with strategy.scope():
+    model, optimizer, _ = run.build_training(cfg, strategy, num_classes=10, num_examples=50_000)
+  if args.global_bn:  # the authors' reference setting: synchronized BatchNorm even on one replica
+    model = run.build_model(cfg, 10, num_replicas=2)
+    run.build_variables(model, cfg)
+    optimizer = run.model_lib.build_optimizer('lars', 0.3, 0.9, 1e-6)
+    optimizer.build(model.trainable_variables)
+  step = run.make_train_step(cfg, model, optimizer, strategy)
+  rng = np.random.default_rng(0)
+  images = tf.constant(rng.uniform(size=(args.train_batch_size, args.image_size, args.image_size, 6)),
+                       tf.float32)
+  labels = tf.one_hot(rng.integers(0, 10, args.train_batch_size), 10)
+  compiled = tf.function(lambda: step(images, labels))
+  rate = _steady_state_rate(lambda: compiled()['train/total_loss'].numpy(), args.train_batch_size,
+                            args.seconds, warmup_batches=3)
+  print(f'train: resnet_depth={args.resnet_depth} width_multiplier={args.width_multiplier} '
+        f'image_size={args.image_size} train_batch_size={args.train_batch_size} global_bn={args.global_bn} '
+        f'seconds={args.seconds}')
+  print(f'images_per_sec: {rate:.1f}')
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   commands = parser.add_subparsers(dest='command', required=True)
@@ -65,10 +97,21 @@ def main():
   inp.add_argument('--color_jitter_strength', type=float, default=1.0)
   inp.add_argument('--num_source_images', type=int, default=512)
   inp.add_argument('--seconds', type=float, default=20.0)
+  tr = commands.add_parser('train', help='the pretraining step, without input pipeline')
+  tr.add_argument('--resnet_depth', type=int, default=18)
+  tr.add_argument('--width_multiplier', type=float, default=1.0)
+  tr.add_argument('--image_size', type=int, default=32)
+  tr.add_argument('--train_batch_size', type=int, default=128)
+  tr.add_argument('--use_blur', type=_bool, default=False, help='(blur is in the input pipeline: no effect)')
+  tr.add_argument('--global_bn', type=_bool, default=False,
+                  help='synchronized BatchNorm on one replica, as the authors\' code always does')
+  tr.add_argument('--seconds', type=float, default=40.0)
   args = parser.parse_args()
   if args.command == 'input':
     args.source_size = args.source_size or args.image_size
     bench_input(args)
+  else:
+    bench_train(args)
 
 
 if __name__ == '__main__':

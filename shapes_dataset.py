@@ -65,8 +65,8 @@ def render(label, rng):
   """One `[32, 32, 3]` uint8 image of class `label` with random nuisances drawn from `rng`."""
   n = IMAGE_SIZE * _SUPERSAMPLE
   y, x = (np.mgrid[0:n, 0:n] + 0.5) / _SUPERSAMPLE  # pixel coordinates
-  scale = rng.uniform(6.0, 12.0)  # shape radius in pixels
-  cy, cx = rng.uniform(scale * 0.8, IMAGE_SIZE - scale * 0.8, size=2)
+  scale = rng.uniform(8.0, 14.0)  # shape radius in pixels: large enough that most random crops see part of it
+  cy, cx = rng.uniform(scale * 0.75, IMAGE_SIZE - scale * 0.75, size=2)
   angle = rng.uniform(-np.pi / 12, np.pi / 12)
   du, dv = (x - cx) / scale, (cy - y) / scale
   u = np.cos(angle) * du + np.sin(angle) * dv

@@ -1,0 +1,50 @@
+"""Logistic-regression linear evaluation: learns what is linearly there, nothing more."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import linear_eval
+
+
+def _blobs(n, d=16, classes=4, spread=0.5, seed=0):
+  rng = np.random.default_rng(seed)
+  centres = rng.normal(size=(classes, d)) * 2
+  labels = rng.integers(0, classes, n)
+  return (centres[labels] + rng.normal(size=(n, d)) * spread).astype(np.float32), labels
+
+
+def test_separable_features_are_classified():
+  x, y = _blobs(600)
+  result = linear_eval.linear_eval(x[:400], y[:400], x[400:], y[400:], num_classes=4)
+  assert result['top_1_accuracy'] > 0.95 and result['l2'] in (0.0, 1e-5, 1e-4, 1e-3, 1e-2)
+
+
+def test_labels_unrelated_to_features_stay_at_chance():
+  x, _ = _blobs(800, seed=1)
+  y = np.random.default_rng(2).integers(0, 4, 800)
+  result = linear_eval.linear_eval(x[:600], y[:600], x[600:], y[600:], num_classes=4)
+  assert result['top_1_accuracy'] < 0.4  # chance is 0.25
+
+
+def test_logistic_regression_matches_a_numpy_fit_on_a_tiny_problem():
+  x = np.array([[0.0], [1.0], [2.0], [3.0]], np.float32)
+  y = np.array([0, 0, 1, 1])
+  predict = linear_eval.fit_logistic_regression(x, y, 2, l2=0.0, steps=500)
+  assert list(predict(x).argmax(1)) == [0, 0, 1, 1]
+
+
+def test_extract_features_drops_unlabeled_rows():
+  class Model:
+    def __call__(self, images, training):
+      assert not training
+      return {'final_avg_pool': tf.reduce_mean(images, axis=[1, 2])}
+
+  images = tf.random.uniform([6, 4, 4, 3])
+  one_hot = tf.constant([[1., 0.], [0., 1.], [0., 0.], [1., 0.], [0., 0.], [0., 1.]])
+  dataset = tf.data.Dataset.from_tensor_slices((images, one_hot)).batch(4)
+  features, labels = linear_eval.extract_features(Model(), dataset)
+  assert features.shape == (4, 3) and labels.tolist() == [0, 1, 0, 1]
+  np.testing.assert_allclose(features[0], images[0].numpy().mean((0, 1)), rtol=1e-5)
+  with pytest.raises(ValueError, match='two classes'):
+    linear_eval.linear_eval(features, np.zeros(4, int), features, np.zeros(4, int), 2)
