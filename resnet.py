@@ -42,18 +42,18 @@ class Layer(keras.layers.Layer):
 
   Keras 3 wraps list attributes in its own tracking containers, which `tf.train.Checkpoint` does not
   traverse: without this, a checkpoint would silently miss every layer stored in a list (and the BatchNorm
-  moving statistics of all of them). Children are named `<attribute>_<index>`.
+  moving statistics of all of them). Children are named `<attribute>_<index>`, in checkpoints and SavedModels
+  alike, so the variables of an exported model can be restored by the same object graph.
   """
 
   def _trackable_children(self, save_type='checkpoint', **kwargs):
     children = super()._trackable_children(save_type, **kwargs)
-    if save_type == 'checkpoint':
-      for name in getattr(self, '_tracked', ()):
-        value = getattr(self, name, None)
-        if isinstance(value, list):
-          for i, item in enumerate(value):
-            if isinstance(item, tf.__internal__.tracking.Trackable):
-              children[f'{name}_{i}'] = item
+    for name in getattr(self, '_tracked', ()):  # also for SavedModels, so an export restores like a checkpoint
+      value = getattr(self, name, None)
+      if isinstance(value, list):
+        for i, item in enumerate(value):
+          if isinstance(item, tf.__internal__.tracking.Trackable):
+            children[f'{name}_{i}'] = item
     return children
 
 

@@ -131,8 +131,9 @@ def test_resume_continues_at_the_saved_step_with_the_same_learning_rate(pretrain
     os.remove(path)
   with open(os.path.join(model_dir, 'checkpoint'), 'w') as f:
     f.write('model_checkpoint_path: "ckpt-2"\nall_model_checkpoint_paths: "ckpt-2"\n')
+  os.makedirs(os.path.join(model_dir, 'first_run'))
   for path in glob.glob(os.path.join(model_dir, 'events.out.tfevents.*')):
-    os.rename(path, path + '.first')
+    os.rename(path, os.path.join(model_dir, 'first_run', os.path.basename(path)))
   result = run_py(f'--data_dir={shapes_data_dir}', f'--model_dir={model_dir}', '--train_steps=4',
                   '--mode=train', *TINY)
   assert 'Restored checkpoint' in result.stderr and '(step 2)' in result.stderr
