@@ -61,6 +61,36 @@ def _conv_initializer():
   return keras.initializers.VarianceScaling()
 
 
+class BatchNormalization(keras.layers.BatchNormalization):
+  """Keras BatchNormalization that uses TensorFlow's fused kernel for unsynchronized 4-D NHWC inputs.
+
+  Keras 3 composes batch norm from elementwise ops; the fused kernel is ~3x faster forward + backward on CPU
+  (README, Speed). Same variables and the same moving-average rule (biased batch variance), so it computes
+  what `keras.layers.BatchNormalization` computes (tested) and checkpoints are interchangeable.
+  """
+
+  def call(self, inputs, training=None, mask=None):
+    if self.synchronized or self.renorm or mask is not None or len(inputs.shape) != 4 or self.axis not in (-1, 3):
+      return super().call(inputs, training=training, mask=mask)
+    x = tf.cast(inputs, tf.float32)
+    channels = x.shape[-1]
+    gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels])
+    beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels])
+    if training and self.trainable:
+      outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(x, gamma, beta, epsilon=self.epsilon,
+                                                                  is_training=True)
+      # The kernel returns the unbiased (n / (n - 1)) variance for moving averages; Keras uses the biased one.
+      n = tf.cast(tf.size(x) // channels, tf.float32)
+      variance = variance * (n - 1.0) / n
+      self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
+      self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
+    else:
+      outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(
+          x, gamma, beta, mean=tf.cast(self.moving_mean, tf.float32),
+          variance=tf.cast(self.moving_variance, tf.float32), epsilon=self.epsilon, is_training=False)
+    return tf.cast(outputs, self.compute_dtype)
+
+
 class BatchNormRelu(keras.layers.Layer):
   """BatchNorm (cross-replica when `global_bn`) followed by an optional ReLU."""
 
@@ -68,7 +98,7 @@ class BatchNormRelu(keras.layers.Layer):
                batch_norm_decay=0.9, **kwargs):
     super().__init__(**kwargs)
     self.relu = relu
-    self.bn = keras.layers.BatchNormalization(
+    self.bn = BatchNormalization(
         axis=-1,
         momentum=batch_norm_decay,
         epsilon=BATCH_NORM_EPSILON,

@@ -1,5 +1,6 @@
 """The encoder is the paper's: parameter counts, endpoints, zero-init, freezing, validation."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -123,3 +124,30 @@ def test_rejects_bad_arguments():
   with pytest.raises(ValueError, match='fine_tune_after_block'):
     resnet.resnet(18, fine_tune_after_block=5)
 
+
+
+@pytest.mark.parametrize('center, scale', [(True, True), (False, True)])
+def test_fused_batchnorm_computes_what_keras_batchnorm_computes(center, scale):
+  x = tf.random.normal([8, 5, 5, 6]) * 3 + 1
+  ours = resnet.BatchNormalization(momentum=0.9, epsilon=1e-5, center=center, scale=scale)
+  reference = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, center=center, scale=scale)
+  for layer in (ours, reference):
+    layer.build(x.shape)
+    if scale:
+      layer.gamma.assign(tf.linspace(0.5, 1.5, 6))
+    if center:
+      layer.beta.assign(tf.linspace(-1.0, 1.0, 6))
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch(x)
+    y_ours, y_ref = ours(x, training=True), reference(x, training=True)
+    loss_ours, loss_ref = tf.reduce_sum(y_ours ** 3), tf.reduce_sum(y_ref ** 3)
+  np.testing.assert_allclose(y_ours.numpy(), y_ref.numpy(), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(tape.gradient(loss_ours, x).numpy(), tape.gradient(loss_ref, x).numpy(),
+                             rtol=1e-3, atol=1e-3)
+  for a, b in zip(ours.trainable_variables, reference.trainable_variables):
+    np.testing.assert_allclose(tape.gradient(loss_ours, a).numpy(), tape.gradient(loss_ref, b).numpy(),
+                               rtol=1e-3, atol=1e-3)
+  np.testing.assert_allclose(ours.moving_mean.numpy(), reference.moving_mean.numpy(), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(ours.moving_variance.numpy(), reference.moving_variance.numpy(), rtol=1e-5)
+  np.testing.assert_allclose(ours(x, training=False).numpy(), reference(x, training=False).numpy(), rtol=1e-4,
+                             atol=1e-5)
