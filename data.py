@@ -67,8 +67,8 @@ def load_source(dataset, data_dir=None, strict_images=False):
   """The `Source` for a TFDS name, an image folder, or the embedded dataset."""
   if not dataset:
     raise DataError(f'--dataset is empty: give a TFDS name, {EMBEDDED_DATASET!r}, {FOLDER_HINT}.')
-  if os.path.isdir(dataset):
-    return _folder_source(dataset, strict_images)
+  if os.path.isdir(os.path.expanduser(dataset)):
+    return _folder_source(os.path.expanduser(dataset), strict_images)
   if dataset.startswith(('/', '.', '~')):
     raise DataError(f'Image folder {dataset} does not exist (--dataset is a path).')
   return _tfds_source(dataset, data_dir)

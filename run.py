@@ -35,7 +35,7 @@ import objective as obj_lib
 FLAGS = flags.FLAGS
 
 # Defaults are the CPU recipe for the embedded dataset (`python run.py` in under 10 minutes on 2 cores): the
-# authors' CIFAR-10 choices (LARS, temperature 0.5, colour strength 0.5, no blur) at batch 128 for 20 epochs.
+# authors' CIFAR-10 choices (LARS, temperature 0.5, colour strength 0.5, no blur) at batch 128 for 30 epochs.
 # configs/ holds the paper's recipes.
 
 # --- what to run
@@ -59,7 +59,7 @@ flags.DEFINE_float('color_jitter_strength', 0.5, 'Colour distortion strength s.'
 flags.DEFINE_bool('use_blur', False, 'Gaussian blur in pretraining (the paper uses it for ImageNet).')
 # --- schedule and optimisation
 flags.DEFINE_integer('train_batch_size', 128, 'Global training batch size.')
-flags.DEFINE_integer('train_epochs', 20, 'Training epochs (ignored when train_steps > 0).')
+flags.DEFINE_integer('train_epochs', 30, 'Training epochs (ignored when train_steps > 0).')
 flags.DEFINE_integer('train_steps', 0, 'Training steps; 0 = from train_epochs.')
 flags.DEFINE_float('warmup_epochs', 1, 'Linear warmup epochs.')
 flags.DEFINE_float('learning_rate', 2.0, 'Base learning rate (scaled by learning_rate_scaling).')
