@@ -70,7 +70,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
   """
 
   def call(self, inputs, training=None, mask=None):
-    if self.synchronized or self.renorm or mask is not None or len(inputs.shape) != 4 or self.axis not in (-1, 3):
+    if self.synchronized or getattr(self, 'renorm', False) or mask is not None or len(inputs.shape) != 4 or self.axis not in (-1, 3):
       return super().call(inputs, training=training, mask=mask)
     x = tf.cast(inputs, tf.float32)
     channels = x.shape[-1]
