@@ -34,19 +34,6 @@ def top_k_accuracy(labels, logits, k=1):
   return tf.reduce_mean(tf.cast(hits, tf.float32))
 
 
-def update_pretrain_metrics(loss_metric, accuracy_metric, entropy_metric, loss, logits_ab, labels):
-  """Accumulates the contrastive loss, accuracy and entropy of one step into Keras `Mean` metrics."""
-  loss_metric.update_state(loss)
-  accuracy_metric.update_state(contrastive_accuracy(logits_ab, labels))
-  entropy_metric.update_state(contrastive_entropy(logits_ab))
-
-
-def update_supervised_metrics(loss_metric, accuracy_metric, loss, labels, logits):
-  """Accumulates a supervised loss and top-1 accuracy of one step into Keras `Mean` metrics."""
-  loss_metric.update_state(loss)
-  accuracy_metric.update_state(top_k_accuracy(labels, logits, 1))
-
-
 def log_and_write_metrics(metrics, step, writer=None):
   """Logs each metric's result, writes it as a TensorBoard scalar, and returns {name: float}.
 

@@ -37,17 +37,6 @@ def test_top_k_accuracy_with_one_hot_and_integer_labels():
   assert metrics.top_k_accuracy(labels, logits, 3).numpy() == 1.0
 
 
-def test_update_helpers_accumulate_means():
-  loss, acc, ent = keras.metrics.Mean('loss'), keras.metrics.Mean('acc'), keras.metrics.Mean('entropy')
-  labels = tf.one_hot([0, 1], 4)
-  metrics.update_pretrain_metrics(loss, acc, ent, 2.0, tf.constant([[1.0, 0.0], [1.0, 0.0]]), labels)
-  metrics.update_pretrain_metrics(loss, acc, ent, 4.0, tf.constant([[1.0, 0.0], [0.0, 1.0]]), labels)
-  assert loss.result().numpy() == 3.0 and acc.result().numpy() == 0.75
-  sup_loss, sup_acc = keras.metrics.Mean('sup_loss'), keras.metrics.Mean('sup_acc')
-  metrics.update_supervised_metrics(sup_loss, sup_acc, 1.5, tf.one_hot([1, 1], 2), tf.constant([[0., 1.], [1., 0.]]))
-  assert sup_acc.result().numpy() == 0.5 and sup_loss.result().numpy() == 1.5
-
-
 def test_log_and_write_metrics_writes_scalars(tmp_path):
   first, second = keras.metrics.Mean('train/loss'), keras.metrics.Mean('train/accuracy')
   first.update_state([1.0, 3.0])
