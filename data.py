@@ -45,7 +45,8 @@ class Source:
     class_names: label names; index = label id. Empty for fully unlabeled data.
     split_sizes: {split: number of examples}.
     image_shape: `(H, W, 3)` when every image has that size (enables batched cropping), else None.
-    read: `read(split, input_context=None, shuffle_files=False)` -> tf.data.Dataset of examples.
+    read: `read(split, input_context=None, shuffle_files=False, decode_images=True)` -> tf.data.Dataset of
+      examples; with `decode_images=False` they hold only 'label' and 'id' (no image is decoded).
   """
   name: str
   class_names: tuple
@@ -92,26 +93,31 @@ def _tfds_source(name, data_dir):
   shape = tuple(info.features['image'].shape)
   image_shape = shape if None not in shape else None
 
-  def read(split, input_context=None, shuffle_files=False):
+  def read(split, input_context=None, shuffle_files=False, decode_images=True):
     split_info = info.splits[split]
     num_pipelines = input_context.num_input_pipelines if input_context else 1
     by_file = num_pipelines > 1 and split_info.num_shards >= num_pipelines
     read_config = tfds.ReadConfig(add_tfds_id=True, input_context=input_context if by_file else None)
-    ds = builder.as_dataset(split=split, shuffle_files=shuffle_files, read_config=read_config)
+    decoders = None if decode_images else {'image': tfds.decode.SkipDecoding()}
+    ds = builder.as_dataset(split=split, shuffle_files=shuffle_files, read_config=read_config, decoders=decoders)
     if num_pipelines > 1 and not by_file:
       ds = ds.shard(num_pipelines, input_context.input_pipeline_id)
-    return ds.map(_tfds_example, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.map(lambda ex: _tfds_example(ex, image=decode_images), num_parallel_calls=tf.data.AUTOTUNE)
 
   split_sizes = {split: info.splits[split].num_examples for split in info.splits}
   return Source(name, class_names, split_sizes, image_shape, read)
 
 
-def _tfds_example(example):
-  image = example['image']
-  if image.shape[-1] == 1:
-    image = tf.image.grayscale_to_rgb(image)
+def _tfds_example(example, image=True):
   label = tf.cast(example.get('label', tf.constant(-1, tf.int64)), tf.int64)
-  return {'image': image[..., :3], 'label': label, 'id': example['tfds_id']}
+  result = {'label': label, 'id': example['tfds_id']}
+  if image:
+    pixels = example['image']
+    if pixels.shape[-1] == 1:
+      pixels = tf.image.grayscale_to_rgb(pixels)
+    result['image'] = pixels[..., :3]
+  return result
+
 
 
 def _prepare(builder, name, data_dir):
@@ -209,7 +215,7 @@ def _folder_source(root, strict):
   logging.info('Image folder %s: splits %s, %d classes, image size %s', root,
                {s: len(e) for s, e in checked.items()}, len(class_names), image_shape or 'varies')
 
-  def read(split, input_context=None, shuffle_files=False):
+  def read(split, input_context=None, shuffle_files=False, decode_images=True):
     entries = checked[split]
     ids = [rel for rel, _ in entries]
     labels = [label_of[name] if name else -1 for _, name in entries]
@@ -220,6 +226,8 @@ def _folder_source(root, strict):
       ds = ds.shuffle(len(ids), reshuffle_each_iteration=True)
 
     def load(rel, label):
+      if not decode_images:
+        return {'label': label, 'id': rel}
       image = tf.ensure_shape(_decode(tf.strings.join([root + os.sep, rel])), [None, None, 3])
       return {'image': image, 'label': label, 'id': rel}
 
@@ -239,7 +247,7 @@ def label_fraction_subset(source, split, fraction, seed=0):
   if not 0 < fraction <= 1:
     raise DataError(f'label_fraction must be in (0, 1], got {fraction}.')
   by_class = {}
-  labels_only = source.read(split).map(lambda ex: (ex['id'], ex['label']))
+  labels_only = source.read(split, decode_images=False).map(lambda ex: (ex['id'], ex['label']))
   for example_id, label in labels_only.as_numpy_iterator():
     by_class.setdefault(int(label), []).append(example_id.decode())
   by_class.pop(-1, None)

@@ -156,3 +156,12 @@ def test_distributed_batches_are_split_and_sharded(two_replica_strategy, shapes_
   assert not any((row == second).all(1).any() for row in first)  # no example in both halves
   with pytest.raises(data.DataError, match='not divisible'):
     data.build_distributed_dataset(two_replica_strategy, 15, source, 'test', is_training=False)
+
+
+def test_labels_are_read_without_decoding_images(folder, shapes_data_dir):
+  for source in (data.load_source(str(folder)), data.load_source(data.EMBEDDED_DATASET, shapes_data_dir)):
+    split = 'train'
+    full = {ex['id']: int(ex['label']) for ex in source.read(split).as_numpy_iterator()}
+    light = list(source.read(split, decode_images=False).as_numpy_iterator())
+    assert all(set(ex) == {'id', 'label'} for ex in light)
+    assert {ex['id']: int(ex['label']) for ex in light} == full
