@@ -69,7 +69,6 @@ def bench_train(args):
     model, optimizer, _ = run.build_training(cfg, strategy, num_classes=10, num_examples=50_000)
   if args.global_bn:  # the authors' reference setting: synchronized BatchNorm even on one replica
     model = run.build_model(cfg, 10, num_replicas=2)
-    run.build_variables(model, cfg)
     optimizer = run.model_lib.build_optimizer('lars', 0.3, 0.9, 1e-6)
     optimizer.build(model.trainable_variables)
   step = run.make_train_step(cfg, model, optimizer, strategy)

@@ -183,6 +183,11 @@ def get_train_steps(num_examples, train_batch_size, train_epochs=None, train_ste
   return int(num_examples * train_epochs // train_batch_size + 1)
 
 
+def get_warmup_steps(warmup_epochs, num_examples, train_batch_size):
+  """Warmup steps as the authors' code counts them: round(warmup_epochs * num_examples // batch)."""
+  return int(round(warmup_epochs * num_examples // train_batch_size))
+
+
 @keras.saving.register_keras_serializable(package='simclr')
 class WarmUpAndCosineDecay(keras.optimizers.schedules.CosineDecay):
   """Linear warmup from 0 to the scaled learning rate, then cosine decay to 0 (SimCLR appendix B.1).
@@ -213,7 +218,7 @@ class WarmUpAndCosineDecay(keras.optimizers.schedules.CosineDecay):
     else:
       self.scaled_learning_rate = base_learning_rate * math.sqrt(train_batch_size)
     self.total_steps = get_train_steps(num_examples, train_batch_size, train_epochs, train_steps)
-    warmup_steps = int(round(warmup_epochs * num_examples // train_batch_size))
+    warmup_steps = get_warmup_steps(warmup_epochs, num_examples, train_batch_size)
     if warmup_steps >= self.total_steps:
       raise ValueError(f'The warmup ({warmup_steps} steps from warmup_epochs={warmup_epochs}) must be shorter '
                        f'than training ({self.total_steps} steps).')

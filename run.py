@@ -254,33 +254,30 @@ def is_chief(strategy):
 
 
 def build_model(cfg, num_classes, num_replicas=1):
-  """The SimCLR model for these flags. Synchronized BatchNorm only when there is something to synchronize:
-  on one replica it computes the same thing and costs ~25% of a CPU step."""
-  return model_lib.SimCLRModel(
+  """The SimCLR model for these flags, with its variables created (a forward pass) so checkpoints can be
+  restored into it. Synchronized BatchNorm only when there is something to synchronize: on one replica it
+  computes the same thing, slower."""
+  model = model_lib.SimCLRModel(
       num_classes, resnet_depth=cfg.resnet_depth, width_multiplier=cfg.width_multiplier,
       cifar_stem=cfg.image_size <= 32, sk_ratio=cfg.sk_ratio, se_ratio=cfg.se_ratio, global_bn=cfg.global_bn and num_replicas > 1,
       batch_norm_decay=cfg.batch_norm_decay, proj_head_mode=cfg.proj_head_mode, proj_out_dim=cfg.proj_out_dim,
       num_proj_layers=cfg.num_proj_layers, ft_proj_selector=cfg.ft_proj_selector, train_mode=cfg.train_mode,
       lineareval_while_pretraining=cfg.lineareval_while_pretraining,
       fine_tune_after_block=cfg.fine_tune_after_block, zero_init_logits_layer=cfg.zero_init_logits_layer)
+  views = 2 if cfg.train_mode == 'pretrain' else 1
+  model(tf.zeros([1, cfg.image_size, cfg.image_size, 3 * views]), training=False)
+  return model
 
 
 def build_training(cfg, strategy, num_classes, num_examples):
   """Model, optimizer and learning-rate schedule, with all variables created (call in strategy.scope())."""
   model = build_model(cfg, num_classes, strategy.num_replicas_in_sync)
-  build_variables(model, cfg)
   schedule = model_lib.WarmUpAndCosineDecay(
       cfg.learning_rate, num_examples, cfg.train_batch_size, cfg.warmup_epochs, cfg.train_epochs,
       cfg.train_steps or None, cfg.learning_rate_scaling)
   optimizer = model_lib.build_optimizer(cfg.optimizer, schedule, cfg.momentum, cfg.weight_decay)
   optimizer.build(model.trainable_variables)  # before any tf.function traces it (KERAS3_NOTES #2)
   return model, optimizer, schedule
-
-
-def build_variables(model, cfg):
-  """Creates the model's variables (a forward pass), so checkpoints can be restored into them."""
-  views = 2 if cfg.train_mode == 'pretrain' else 1
-  model(tf.zeros([1, cfg.image_size, cfg.image_size, 3 * views]), training=False)
 
 
 def restore_for_finetuning(model, path):
@@ -354,27 +351,35 @@ def make_train_step(cfg, model, optimizer, strategy):
   return train_step
 
 
-def train(cfg, strategy, source, chief):
-  """The training loop of the authors' code: an inner tf.function runs `steps_per_loop` steps."""
-  num_examples = source.num_examples(cfg.train_split)
-  subset_ids = None
+def training_examples(cfg, source):
+  """(number of training examples, ids of the label-fraction subset or None) for these flags."""
   if cfg.train_mode == 'finetune' and cfg.label_fraction < 1:
     subset_ids = data_lib.label_fraction_subset(source, cfg.train_split, cfg.label_fraction,
                                                 cfg.label_fraction_seed)
-    num_examples = len(subset_ids)
-    if chief:
-      path = data_lib.write_label_subset(cfg.model_dir, subset_ids, dataset=source.name, split=cfg.train_split,
-                                         fraction=cfg.label_fraction, seed=cfg.label_fraction_seed)
-      logging.info('Fine-tuning on %d labelled examples (%.3g of %s), ids in %s', num_examples,
-                   cfg.label_fraction, cfg.train_split, path)
+    return len(subset_ids), subset_ids
+  return source.num_examples(cfg.train_split), None
+
+
+def final_step(cfg, source):
+  return model_lib.get_train_steps(training_examples(cfg, source)[0], cfg.train_batch_size, cfg.train_epochs,
+                                   cfg.train_steps)
+
+
+def train(cfg, strategy, source, chief):
+  """The training loop of the authors' code: an inner tf.function runs `steps_per_loop` steps."""
+  num_examples, subset_ids = training_examples(cfg, source)
+  if subset_ids is not None and chief:
+    path = data_lib.write_label_subset(cfg.model_dir, subset_ids, dataset=source.name, split=cfg.train_split,
+                                       fraction=cfg.label_fraction, seed=cfg.label_fraction_seed)
+    logging.info('Fine-tuning on %d labelled examples (%.3g of %s), ids in %s', num_examples,
+                 cfg.label_fraction, cfg.train_split, path)
   train_steps = model_lib.get_train_steps(num_examples, cfg.train_batch_size, cfg.train_epochs,
                                           cfg.train_steps)
   loop_steps = min(steps_per_loop(cfg, num_examples), train_steps)
-  warmup_steps = int(round(cfg.warmup_epochs * num_examples // cfg.train_batch_size))
+  warmup_steps = model_lib.get_warmup_steps(cfg.warmup_epochs, num_examples, cfg.train_batch_size)
   if warmup_steps >= train_steps:
     raise UsageError(f'--warmup_epochs={cfg.warmup_epochs} ({warmup_steps} steps) is not shorter than the '
                      f'{train_steps} training steps: lower it or train longer.')
-  supervised = cfg.train_mode == 'finetune' or cfg.lineareval_while_pretraining
   logging.info('# train examples: %d, # train steps: %d, steps per loop: %d', num_examples, train_steps,
                loop_steps)
 
@@ -388,7 +393,7 @@ def train(cfg, strategy, source, chief):
     names = ['train/total_loss', 'train/weight_decay']
     if cfg.train_mode == 'pretrain':
       names += ['train/contrast_loss', 'train/contrast_acc', 'train/contrast_entropy']
-    if supervised:
+    if model.supervised_head is not None:
       names += ['train/supervised_loss', 'train/supervised_acc']
     loop_metrics = {name: keras.metrics.Mean(name) for name in names}
 
@@ -546,7 +551,6 @@ def frozen_linear_eval(cfg, strategy, source, model):
 
   with strategy.scope():
     random_model = build_model(cfg, max(source.num_classes, 1), strategy.num_replicas_in_sync)
-    build_variables(random_model, cfg)
   result = {}
   for name, net in (('', model), ('random_init_', random_model)):
     start = time.perf_counter()
@@ -564,23 +568,17 @@ def eval_checkpoints(cfg, strategy, source, chief):
   """--mode=eval: evaluates each checkpoint of model_dir as it appears, until --eval_timeout passes idle."""
   with strategy.scope():
     model = build_model(cfg, max(source.num_classes, 1), strategy.num_replicas_in_sync)
-    build_variables(model, cfg)
   step = tf.Variable(0, dtype=tf.int64)
+  last_step = final_step(cfg, source)
   result = None
   for path in tf.train.checkpoints_iterator(cfg.model_dir, min_interval_secs=1, timeout=cfg.eval_timeout):
     optimizer_step = tf.train.Checkpoint(_iterations=step)  # the global step inside the optimizer
     tf.train.Checkpoint(model=model, optimizer=optimizer_step).read(path).expect_partial()
     result = evaluate(cfg, strategy, source, model, int(step.numpy()), chief)
-    if result['global_step'] >= _final_step(cfg, source):
+    if result['global_step'] >= last_step:
       break
   return result
 
-
-def _final_step(cfg, source):
-  num_examples = source.num_examples(cfg.train_split)
-  if cfg.train_mode == 'finetune' and cfg.label_fraction < 1:
-    num_examples = max(1, int(round(num_examples * cfg.label_fraction)))
-  return model_lib.get_train_steps(num_examples, cfg.train_batch_size, cfg.train_epochs, cfg.train_steps)
 
 
 # ------------------------------------------------------------------------------------------- export
