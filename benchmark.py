@@ -9,10 +9,14 @@ printed is `images_per_sec: N` (source images per second, each with its two view
 
 `train` times the steady-state pretraining step of run.py (same model, NT-Xent, LARS, weight decay, online
 linear head; `run.make_train_step`) on one synthetic in-memory batch, so no input pipeline is measured.
+`--replicas=N` splits the batch over N logical CPU devices with MirroredStrategy (synchronized BatchNorm,
+negatives gathered across replicas), so the cost of synchronization shows; `--precision` and `--jit_compile`
+are run.py's flags. It also prints the process's peak resident memory.
 """
 
 import argparse
 import os
+import resource
 import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -21,6 +25,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 import data_util  # pylint: disable=g-import-not-at-top
+import model as model_lib  # pylint: disable=g-import-not-at-top
 
 
 def _bool(text):
@@ -59,29 +64,43 @@ def bench_input(args):
 
 
 def bench_train(args):
+  if args.replicas > 1:  # before TensorFlow initialises its devices
+    cpu = tf.config.list_physical_devices('CPU')[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * args.replicas)
   import run  # pylint: disable=g-import-not-at-top  (defines run.py's flags, which are not parsed here)
   cfg = run.Config.defaults(resnet_depth=args.resnet_depth, width_multiplier=args.width_multiplier,
                             image_size=args.image_size, train_batch_size=args.train_batch_size,
-                            use_blur=args.use_blur, global_bn=args.global_bn, train_steps=1_000_000,
+                            use_blur=args.use_blur, global_bn=args.global_bn or args.replicas > 1,
+                            precision=args.precision, jit_compile=args.jit_compile, train_steps=1_000_000,
                             weight_decay=1e-6, temperature=0.1, learning_rate=0.3)
-  strategy = tf.distribute.get_strategy()
+  if args.replicas > 1:
+    strategy = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices('CPU')])
+  else:
+    strategy = tf.distribute.get_strategy()
+  run.validate(cfg, strategy.num_replicas_in_sync)
   with strategy.scope():
     model, optimizer, _ = run.build_training(cfg, strategy, num_classes=10, num_examples=50_000)
-  if args.global_bn:  # the authors' reference setting: synchronized BatchNorm even on one replica
+  if args.global_bn and args.replicas == 1:  # the authors' reference: synchronized BatchNorm on one replica
     model = run.build_model(cfg, 10, num_replicas=2)
-    optimizer = run.model_lib.build_optimizer('lars', 0.3, 0.9, 1e-6)
+    optimizer = run.model_lib.build_optimizer('lars', 0.3, 0.9, 1e-6, args.precision)
     optimizer.build(model.trainable_variables)
   step = run.make_train_step(cfg, model, optimizer, strategy)
   rng = np.random.default_rng(0)
   images = tf.constant(rng.uniform(size=(args.train_batch_size, args.image_size, args.image_size, 6)),
                        tf.float32)
   labels = tf.one_hot(rng.integers(0, 10, args.train_batch_size), 10)
-  compiled = tf.function(lambda: step(images, labels))
-  rate = _steady_state_rate(lambda: compiled()['train/total_loss'].numpy(), args.train_batch_size,
-                            args.seconds, warmup_batches=3)
+  per_replica = args.train_batch_size // strategy.num_replicas_in_sync
+  shard = lambda x: strategy.experimental_distribute_values_from_function(
+      lambda ctx: x[ctx.replica_id_in_sync_group * per_replica:(ctx.replica_id_in_sync_group + 1) * per_replica])
+  images, labels = shard(images), shard(labels)
+  compiled = tf.function(
+      lambda: strategy.reduce('MEAN', strategy.run(step, args=(images, labels))['train/total_loss'], axis=None))
+  rate = _steady_state_rate(lambda: compiled().numpy(), args.train_batch_size, args.seconds, warmup_batches=3)
   print(f'train: resnet_depth={args.resnet_depth} width_multiplier={args.width_multiplier} '
-        f'image_size={args.image_size} train_batch_size={args.train_batch_size} global_bn={args.global_bn} '
+        f'image_size={args.image_size} train_batch_size={args.train_batch_size} global_bn={cfg.global_bn} '
+        f'replicas={args.replicas} precision={args.precision} jit_compile={args.jit_compile} '
         f'seconds={args.seconds}')
+  print(f'peak_rss_mb: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}')
   print(f'images_per_sec: {rate:.1f}')
 
 
@@ -104,6 +123,9 @@ def main():
   tr.add_argument('--use_blur', type=_bool, default=False, help='(blur is in the input pipeline: no effect)')
   tr.add_argument('--global_bn', type=_bool, default=False,
                   help='synchronized BatchNorm on one replica, as the authors\' code always does')
+  tr.add_argument('--replicas', type=int, default=1, help='logical CPU devices to split the batch over')
+  tr.add_argument('--precision', default='float32', choices=model_lib.PRECISIONS)
+  tr.add_argument('--jit_compile', type=_bool, default=False, help='compile the step with XLA')
   tr.add_argument('--seconds', type=float, default=40.0)
   args = parser.parse_args()
   if args.command == 'input':

@@ -324,6 +324,9 @@ def build_dataset(source, split, batch_size, is_training, train_mode='pretrain',
     if pretrain:
       ds = ds.map(lambda images, labels: (photometric(tf.concat(tf.split(images, 2, axis=-1), 0)), labels),
                   num_parallel_calls=tf.data.AUTOTUNE)
+  if is_training:  # full batches whose shape is known when the step is compiled (TPU, XLA)
+    shape = [batch_size, image_size, image_size, 6 if pretrain else 3]
+    ds = ds.map(lambda images, labels: (tf.ensure_shape(images, shape), tf.ensure_shape(labels, [batch_size, None])))
   return ds.prefetch(tf.data.AUTOTUNE)
 
 

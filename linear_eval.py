@@ -1,10 +1,11 @@
-"""Linear evaluation on frozen features: L2-regularised multinomial logistic regression.
+"""Evaluation on frozen features: L2-regularised multinomial logistic regression, and weighted kNN.
 
 The protocol of SimCLR's transfer experiments (appendix B.8): features of the frozen network (BatchNorm in
 inference mode, eval preprocessing), a softmax classifier fitted on them, the L2 strength chosen on a
 held-out part of the training features. It needs no augmentation and no second training run, so it measures
 an encoder in seconds on small datasets -- and it measures a random encoder the same way, which is the
-baseline a representation has to beat.
+baseline a representation has to beat. The kNN classifier needs no fitting at all, so it is cheap enough to
+monitor pretraining with.
 """
 
 import keras
@@ -73,3 +74,28 @@ def linear_eval(train_features, train_labels, test_features, test_labels, num_cl
   predict = fit_logistic_regression(train_features, train_labels, num_classes, best_l2)
   return {'top_1_accuracy': accuracy(predict, test_features, test_labels), 'l2': best_l2,
           'validation_accuracy': scores[best_l2]}
+
+
+def knn_predict(bank_features, bank_labels, query_features, num_classes, k=200, temperature=0.1,
+                chunk_size=1024):
+  """Class scores `[Q, C]` of weighted kNN on cosine similarity (Wu et al. 2018, "Unsupervised Feature Learning
+  via Non-Parametric Instance Discrimination"; the monitor of lightly and solo-learn): each of the `k` most
+  similar bank features votes for its label with weight exp(similarity / temperature)."""
+  if k < 1 or temperature <= 0:
+    raise ValueError(f'k must be >= 1 and temperature > 0, got k={k}, temperature={temperature}.')
+  bank = tf.math.l2_normalize(tf.constant(bank_features, tf.float32), axis=1)
+  labels = tf.constant(bank_labels, tf.int64)
+  k = min(k, len(bank_labels))
+  scores = []
+  for start in range(0, len(query_features), chunk_size):  # bounds the [chunk, N] similarity matrix
+    query = tf.math.l2_normalize(tf.constant(query_features[start:start + chunk_size], tf.float32), axis=1)
+    similarity, index = tf.math.top_k(tf.matmul(query, bank, transpose_b=True), k)
+    votes = tf.one_hot(tf.gather(labels, index), num_classes) * tf.exp(similarity / temperature)[..., None]
+    scores.append(tf.reduce_sum(votes, axis=1).numpy())
+  return np.concatenate(scores)
+
+
+def knn_eval(train_features, train_labels, test_features, test_labels, num_classes, k=200, temperature=0.1):
+  """Top-1 accuracy of `knn_predict` with the training features as the bank."""
+  scores = knn_predict(train_features, train_labels, test_features, num_classes, k, temperature)
+  return {'top_1_accuracy': float(np.mean(scores.argmax(1) == test_labels))}

@@ -4,6 +4,7 @@ Chen et al. 2020, "A Simple Framework for Contrastive Learning of Visual Represe
 "Big Self-Supervised Models are Strong Semi-Supervised Learners" (SimCLRv2).
 """
 
+import contextlib
 import math
 
 import keras
@@ -12,10 +13,15 @@ import tensorflow as tf
 import lars_optimizer
 import resnet
 
-TRAIN_MODES = ('pretrain', 'finetune')
+# pretrain: NT-Xent (+ online linear head); finetune: supervised, from a pretrained encoder; linear_eval: a
+# linear head on a frozen encoder; distill: a student learns a teacher's predictions (SimCLRv2 section 2.3).
+TRAIN_MODES = ('pretrain', 'finetune', 'linear_eval', 'distill')
 PROJ_HEAD_MODES = ('none', 'linear', 'nonlinear')
 OPTIMIZERS = ('lars', 'momentum', 'adam')
 LR_SCALINGS = ('linear', 'sqrt')
+# Keras dtype policies. Mixed ones compute in 16 bits and keep float32 variables; BatchNorm, NT-Xent and
+# softmax stay in float32 (they cast their inputs), and every model output is float32.
+PRECISIONS = ('float32', 'mixed_bfloat16', 'mixed_float16')
 
 # Weight decay and LARS adaptation exclusions, matched against Keras variable paths. This is the only place
 # they are defined: BatchNorm parameters and biases are never decayed; the supervised head is left out of LARS
@@ -129,30 +135,43 @@ class SimCLRModel(keras.Model):
 
   During pretraining the supervised head (`lineareval_while_pretraining`) sees stop-gradient features: it
   gives an online linear-evaluation signal without label information leaking into the representation.
+  In 'linear_eval' the encoder and projection head are frozen (BatchNorm in inference mode) and the head sits
+  on `linear_eval_endpoint` (spatial endpoints are average-pooled); 'distill' builds the same network as
+  'finetune' (the student).
   """
 
   def __init__(self, num_classes, resnet_depth=50, width_multiplier=1, cifar_stem=False, sk_ratio=0.0,
                se_ratio=0.0, global_bn=True, batch_norm_decay=0.9, proj_head_mode='nonlinear',
                proj_out_dim=128, num_proj_layers=3, ft_proj_selector=0, train_mode='pretrain',
                lineareval_while_pretraining=True, fine_tune_after_block=-1, zero_init_logits_layer=False,
-               name='simclr', **kwargs):
+               linear_eval_endpoint='final_avg_pool', name='simclr', **kwargs):
     super().__init__(name=name, **kwargs)
     if train_mode not in TRAIN_MODES:
       raise ValueError(f'train_mode must be one of {TRAIN_MODES}, got {train_mode!r}.')
     if train_mode == 'pretrain' and fine_tune_after_block != -1:
       raise ValueError('fine_tune_after_block freezes layers, which pretraining does not support: '
                        f'set it to -1 (got {fine_tune_after_block}).')
-    has_supervised_head = train_mode == 'finetune' or lineareval_while_pretraining
+    if train_mode == 'linear_eval':
+      if fine_tune_after_block not in (-1, 4):
+        raise ValueError('linear_eval freezes the whole encoder: fine_tune_after_block must be -1 or 4, got '
+                         f'{fine_tune_after_block}.')
+      if linear_eval_endpoint not in resnet.ENDPOINTS:
+        raise ValueError(f'linear_eval_endpoint must be one of {resnet.ENDPOINTS}, got {linear_eval_endpoint!r}.')
+      fine_tune_after_block = 4
+    has_supervised_head = train_mode != 'pretrain' or lineareval_while_pretraining
     if has_supervised_head and (num_classes is None or num_classes < 1):
       raise ValueError(f'num_classes must be >= 1 for a supervised head, got {num_classes}.')
     self.train_mode = train_mode
     self.lineareval_while_pretraining = lineareval_while_pretraining
+    self.linear_eval_endpoint = linear_eval_endpoint
     bn_args = dict(global_bn=global_bn, batch_norm_decay=batch_norm_decay)
     self.resnet_model = resnet.resnet(
         resnet_depth, width_multiplier, cifar_stem=cifar_stem, sk_ratio=sk_ratio, se_ratio=se_ratio,
         fine_tune_after_block=fine_tune_after_block, **bn_args)
     self._projection_head = ProjectionHead(
         proj_head_mode, num_proj_layers, proj_out_dim, ft_proj_selector, name='projection_head', **bn_args)
+    if train_mode == 'linear_eval':  # frozen too: its BatchNorm statistics stay those of pretraining
+      self._projection_head.trainable = False
     self.supervised_head = (
         SupervisedHead(num_classes, zero_init=zero_init_logits_layer) if has_supervised_head else None)
 
@@ -167,11 +186,30 @@ class SimCLRModel(keras.Model):
     proj_head_output, supervised_head_input = self._projection_head(hiddens, training=training)
     logits_sup = None
     if self.supervised_head is not None:
-      if self.train_mode == 'pretrain':
+      if self.train_mode == 'linear_eval':  # the paper's protocol: a linear classifier on frozen features
+        features = outputs[self.linear_eval_endpoint]
+        supervised_head_input = features if features.shape.rank == 2 else tf.reduce_mean(features, [1, 2])
+      if self.train_mode in ('pretrain', 'linear_eval'):
         supervised_head_input = tf.stop_gradient(supervised_head_input)
       logits_sup = self.supervised_head(supervised_head_input, training=training)
     outputs.update(proj_head_input=hiddens, proj_head_output=proj_head_output, logits_sup=logits_sup)
-    return outputs
+    return {key: None if value is None else tf.cast(value, tf.float32) for key, value in outputs.items()}
+
+
+@contextlib.contextmanager
+def dtype_policy(precision):
+  """Layers created (and built) inside take this Keras dtype policy; the global one is restored after.
+
+  Keras 3 has no per-model policy that reaches sublayers created in `__init__`, hence a scope.
+  """
+  if precision not in PRECISIONS:
+    raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}.')
+  previous = keras.config.dtype_policy()
+  keras.config.set_dtype_policy(precision)
+  try:
+    yield
+  finally:
+    keras.config.set_dtype_policy(previous)
 
 
 def get_train_steps(num_examples, train_batch_size, train_epochs=None, train_steps=None):
@@ -238,16 +276,25 @@ class WarmUpAndCosineDecay(keras.optimizers.schedules.CosineDecay):
     }
 
 
-def build_optimizer(name, learning_rate, momentum=0.9, weight_decay=0.0):
-  """The optimizer the paper's flags name. Only LARS applies weight decay itself; see `weight_decay_loss`."""
+def build_optimizer(name, learning_rate, momentum=0.9, weight_decay=0.0, precision='float32'):
+  """The optimizer the paper's flags name. Only LARS applies weight decay itself; see `weight_decay_loss`.
+
+  Under mixed_float16 it is wrapped in Keras' dynamic `LossScaleOptimizer`: gradients of the scaled loss
+  are unscaled before the update, and a step with Inf/NaN gradients is skipped and halves the scale. Train
+  steps call `optimizer.scale_loss(loss)` (the identity for the others).
+  """
   if name == 'lars':
-    return lars_optimizer.LARSOptimizer(learning_rate, momentum=momentum, weight_decay=weight_decay,
-                                        exclude_from_weight_decay=EXCLUDE_FROM_WEIGHT_DECAY)
-  if name == 'momentum':
-    return keras.optimizers.SGD(learning_rate, momentum=momentum, nesterov=True)
-  if name == 'adam':
-    return keras.optimizers.Adam(learning_rate)
-  raise ValueError(f'optimizer must be one of {OPTIMIZERS}, got {name!r}.')
+    optimizer = lars_optimizer.LARSOptimizer(learning_rate, momentum=momentum, weight_decay=weight_decay,
+                                             exclude_from_weight_decay=EXCLUDE_FROM_WEIGHT_DECAY)
+  elif name == 'momentum':
+    optimizer = keras.optimizers.SGD(learning_rate, momentum=momentum, nesterov=True)
+  elif name == 'adam':
+    optimizer = keras.optimizers.Adam(learning_rate)
+  else:
+    raise ValueError(f'optimizer must be one of {OPTIMIZERS}, got {name!r}.')
+  if precision == 'mixed_float16':
+    optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+  return optimizer
 
 
 def weight_decay_loss(variables, weight_decay, optimizer_name=None):

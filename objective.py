@@ -1,4 +1,4 @@
-"""SimCLR's contrastive loss (NT-Xent) and the supervised loss.
+"""SimCLR's contrastive loss (NT-Xent), the supervised loss and SimCLRv2's distillation loss.
 
 NT-Xent (SimCLR eq. 1): for a positive pair (i, j) of views of one image, with s = cosine similarity,
     l(i, j) = -log( exp(s(z_i, z_j) / t) / sum_{k != i} exp(s(z_i, z_k) / t) ),
@@ -74,3 +74,12 @@ def add_supervised_loss(labels, logits):
   """Mean softmax cross-entropy over the local batch; `labels` one-hot (or soft) `[B, C]`, logits float32."""
   logits = tf.cast(logits, tf.float32)
   return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(tf.cast(labels, tf.float32), logits))
+
+
+def add_distillation_loss(teacher_logits, student_logits, temperature=1.0):
+  """SimCLRv2 eq. 3: -sum_y p_T(y; t) log p_S(y; t), both softmaxes at temperature t, mean over the batch."""
+  if temperature <= 0:
+    raise ValueError(f'temperature must be > 0, got {temperature}.')
+  teacher_probs = tf.nn.softmax(tf.cast(teacher_logits, tf.float32) / temperature)
+  return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(
+      teacher_probs, tf.cast(student_logits, tf.float32) / temperature))

@@ -27,6 +27,7 @@ import keras
 import tensorflow as tf
 
 import data as data_lib
+import embed_plot as embed_plot_lib
 import linear_eval as linear_eval_lib
 import metrics as metrics_lib
 import model as model_lib
@@ -39,9 +40,13 @@ FLAGS = flags.FLAGS
 # configs/ holds the paper's recipes.
 
 # --- what to run
-flags.DEFINE_enum('mode', 'train_then_eval', ['train', 'eval', 'train_then_eval'], 'What to do.')
+flags.DEFINE_enum('mode', 'train_then_eval', ['train', 'eval', 'train_then_eval', 'embed_plot'],
+                  'What to do. embed_plot: a PNG of 2-D PCA projections of the eval split\'s features, for the '
+                  'model in model_dir (or --checkpoint) and a random encoder.')
 flags.DEFINE_enum('train_mode', 'pretrain', list(model_lib.TRAIN_MODES),
-                  'pretrain: contrastive learning (+ online linear eval); finetune: supervised from --checkpoint.')
+                  'pretrain: contrastive learning (+ online linear eval); finetune: supervised from --checkpoint; '
+                  'linear_eval: a linear head on the frozen encoder of --checkpoint; distill: learn the '
+                  'predictions of --teacher on the (unlabeled) train images.')
 flags.DEFINE_string('model_dir', 'runs/simclr_shapes', 'Checkpoints, summaries, results and exports go here.')
 # --- data
 flags.DEFINE_string('dataset', data_lib.EMBEDDED_DATASET,
@@ -81,6 +86,13 @@ flags.DEFINE_bool('linear_eval', True,
                   'After pretraining (train_then_eval), fit a logistic regression on frozen features of the '
                   'pretrained and of a randomly initialised encoder, and report both.')
 flags.DEFINE_integer('linear_eval_max_examples', 20000, 'Training examples the linear evaluation uses, at most.')
+flags.DEFINE_enum('linear_eval_endpoint', 'final_avg_pool', list(model_lib.resnet.ENDPOINTS),
+                  '--train_mode=linear_eval: the encoder endpoint the linear head reads (spatial ones pooled).')
+flags.DEFINE_integer('knn_eval_steps', 0,
+                     'Pretraining: every this many steps, weighted-kNN top-1 of frozen features on --eval_split '
+                     '(the train split as memory bank); 0 = off.')
+flags.DEFINE_integer('knn_k', 200, 'Neighbours of the kNN monitor.')
+flags.DEFINE_float('knn_temperature', 0.1, 'Temperature of the kNN monitor\'s vote weights exp(sim / t).')
 # --- model
 flags.DEFINE_integer('resnet_depth', 18, 'ResNet depth: 18, 34, 50, 101, 152 or 200.')
 flags.DEFINE_float('width_multiplier', 0.25, 'ResNet width multiplier (1, 2, 3, 4, or a fraction).')
@@ -88,6 +100,10 @@ flags.DEFINE_float('sk_ratio', 0.0, 'Selective kernel ratio (SimCLRv2: 0.0625); 
 flags.DEFINE_float('se_ratio', 0.0, 'Squeeze-excitation ratio; 0 disables.')
 flags.DEFINE_bool('global_bn', True, 'Aggregate BatchNorm statistics across replicas.')
 flags.DEFINE_float('batch_norm_decay', 0.9, 'BatchNorm moving-average decay.')
+flags.DEFINE_enum('precision', 'float32', list(model_lib.PRECISIONS),
+                  'Keras dtype policy. mixed_bfloat16 for TPUs and CPUs with AMX/AVX512-BF16, mixed_float16 '
+                  '(with dynamic loss scaling) for GPUs. BatchNorm, NT-Xent and softmax stay in float32.')
+flags.DEFINE_bool('jit_compile', False, 'Compile the train step with XLA (off by default: slower on CPU).')
 flags.DEFINE_enum('proj_head_mode', 'nonlinear', list(model_lib.PROJ_HEAD_MODES), 'Projection head.')
 flags.DEFINE_integer('proj_out_dim', 128, 'Projection output dimension.')
 flags.DEFINE_integer('num_proj_layers', 3, 'Layers of the nonlinear projection head.')
@@ -101,6 +117,12 @@ flags.DEFINE_string('checkpoint', None,
                     'exported by this project. Encoder and projection head only.')
 flags.DEFINE_bool('random_init', False, 'Fine-tune from a random initialisation (baselines) instead.')
 flags.DEFINE_bool('zero_init_logits_layer', False, 'Start the supervised head at zero.')
+flags.DEFINE_string('teacher', None,
+                    '--train_mode=distill: the teacher, an exported SavedModel or a model_dir / checkpoint prefix '
+                    'of this project (rebuilt from its flags.json).')
+flags.DEFINE_float('distill_temperature', 1.0, 'Softmax temperature of teacher and student in distillation.')
+flags.DEFINE_float('distill_alpha', 0.0,
+                   'Weight of the labeled cross-entropy added to the distillation loss (0: unlabeled only).')
 flags.DEFINE_integer('fine_tune_after_block', -1,
                      'Freeze the encoder up to block group k (0 = the stem, 4 = all: linear evaluation).')
 # --- where to run
@@ -147,12 +169,18 @@ class Config:
   eval_timeout: int
   linear_eval: bool
   linear_eval_max_examples: int
+  linear_eval_endpoint: str
+  knn_eval_steps: int
+  knn_k: int
+  knn_temperature: float
   resnet_depth: int
   width_multiplier: float
   sk_ratio: float
   se_ratio: float
   global_bn: bool
   batch_norm_decay: float
+  precision: str
+  jit_compile: bool
   proj_head_mode: str
   proj_out_dim: int
   num_proj_layers: int
@@ -162,6 +190,9 @@ class Config:
   hidden_norm: bool
   checkpoint: str
   random_init: bool
+  teacher: str
+  distill_temperature: float
+  distill_alpha: float
   zero_init_logits_layer: bool
   fine_tune_after_block: int
   use_tpu: bool
@@ -185,6 +216,10 @@ class UsageError(ValueError):
   """A flag combination that cannot work; the message names the flag."""
 
 
+# Modes that train a classifier on (a fraction of) the labels, starting from --checkpoint.
+LABELED_MODES = ('finetune', 'linear_eval')
+
+
 def validate(cfg, num_replicas):
   """Fails fast, with one line naming the flag, on combinations that would fail later or silently."""
   checks = [
@@ -195,29 +230,47 @@ def validate(cfg, num_replicas):
        f'--eval_batch_size={cfg.eval_batch_size} is not divisible by the {num_replicas} replicas.'),
       (cfg.train_mode == 'pretrain' and cfg.fine_tune_after_block != -1,
        '--fine_tune_after_block freezes layers, which pretraining does not support: set it to -1.'),
-      (cfg.mode != 'train' and cfg.train_mode == 'pretrain' and not cfg.lineareval_while_pretraining,
+      (cfg.mode in ('eval', 'train_then_eval') and cfg.train_mode == 'pretrain' and
+       not cfg.lineareval_while_pretraining,
        f'--mode={cfg.mode} has nothing to evaluate: pretraining without --lineareval_while_pretraining has no '
        'classifier. Use --mode=train, or keep the online linear head.'),
       (not 0 < cfg.label_fraction <= 1, f'--label_fraction must be in (0, 1], got {cfg.label_fraction}.'),
-      (cfg.label_fraction < 1 and cfg.train_mode == 'pretrain',
-       '--label_fraction applies to --train_mode=finetune; pretraining uses no labels.'),
+      (cfg.label_fraction < 1 and cfg.train_mode not in LABELED_MODES,
+       '--label_fraction applies to --train_mode=finetune or linear_eval; pretraining and distillation use '
+       'every (unlabeled) train image.'),
+      (cfg.train_mode == 'linear_eval' and cfg.fine_tune_after_block not in (-1, 4),
+       '--train_mode=linear_eval freezes the whole encoder: leave --fine_tune_after_block at -1 (or 4).'),
+      (cfg.train_mode == 'distill' and cfg.mode != 'eval' and not cfg.teacher,
+       '--train_mode=distill needs --teacher (a SavedModel, model_dir or checkpoint of a fine-tuned model).'),
+      (cfg.teacher and cfg.train_mode != 'distill', '--teacher applies to --train_mode=distill only.'),
+      (cfg.distill_temperature <= 0, f'--distill_temperature must be > 0, got {cfg.distill_temperature}.'),
+      (cfg.knn_eval_steps < 0 or (cfg.knn_eval_steps and cfg.train_mode != 'pretrain'),
+       '--knn_eval_steps monitors pretraining: use it with --train_mode=pretrain, >= 0.'),
+      (cfg.knn_k < 1 or cfg.knn_temperature <= 0, '--knn_k must be >= 1 and --knn_temperature > 0.'),
       (cfg.train_steps < 0 or cfg.train_epochs < 0, '--train_steps and --train_epochs must be >= 0.'),
       (cfg.train_steps == 0 and cfg.train_epochs == 0, 'One of --train_steps or --train_epochs must be > 0.'),
       (cfg.temperature <= 0, f'--temperature must be > 0, got {cfg.temperature}.'),
       (cfg.image_size < 8, f'--image_size must be >= 8, got {cfg.image_size}.'),
       (cfg.checkpoint and cfg.random_init, '--checkpoint and --random_init are exclusive.'),
+      (cfg.jit_compile and num_replicas > 1 and not cfg.use_tpu,
+       f'--jit_compile needs one replica ({num_replicas} here): XLA cannot compile MirroredStrategy\'s '
+       'cross-replica BatchNorm and gather. (On TPUs the step is always compiled.)'),
   ]
   for failed, message in checks:
     if failed:
       raise UsageError(message)
-  if cfg.train_mode == 'finetune' and cfg.mode != 'eval' and not (
+  if cfg.train_mode in LABELED_MODES and cfg.mode not in ('eval', 'embed_plot') and not (
       cfg.checkpoint or cfg.random_init or tf.train.latest_checkpoint(cfg.model_dir)):
-    raise UsageError('--train_mode=finetune needs --checkpoint (a pretrained checkpoint, model_dir or '
+    raise UsageError(f'--train_mode={cfg.train_mode} needs --checkpoint (a pretrained checkpoint, model_dir or '
                      f'SavedModel), a checkpoint in --model_dir={cfg.model_dir} to resume, or --random_init.')
+  if cfg.mode == 'embed_plot' and not (cfg.checkpoint or tf.train.latest_checkpoint(cfg.model_dir)):
+    raise UsageError(f'--mode=embed_plot needs a checkpoint in --model_dir={cfg.model_dir} or --checkpoint.')
   if cfg.mode == 'eval' and not tf.train.latest_checkpoint(cfg.model_dir) and cfg.eval_timeout <= 0:
     raise UsageError(f'--mode=eval found no checkpoint in --model_dir={cfg.model_dir} (and --eval_timeout=0).')
-  if cfg.checkpoint and not tf.io.gfile.exists(cfg.checkpoint) and not tf.io.gfile.glob(cfg.checkpoint + '.*'):
-    raise UsageError(f'--checkpoint={cfg.checkpoint} does not exist.')
+  for name in ('checkpoint', 'teacher'):
+    path = getattr(cfg, name)
+    if path and not tf.io.gfile.exists(path) and not tf.io.gfile.glob(path + '.*'):
+      raise UsageError(f'--{name}={path} does not exist.')
 
 
 # ------------------------------------------------------------------------------------------- strategy
@@ -226,19 +279,21 @@ def validate(cfg, num_replicas):
 def build_strategy(cfg):
   """TPUStrategy with --use_tpu; MultiWorkerMirroredStrategy when TF_CONFIG names several workers;
   MirroredStrategy over several local GPUs; else the default (one device)."""
+  workers = json.loads(os.environ.get('TF_CONFIG', '{}')).get('cluster', {}).get('worker', [])
   if cfg.use_tpu:
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
         tpu=cfg.tpu_name or cfg.master, zone=cfg.tpu_zone, project=cfg.gcp_project)
     tf.config.experimental_connect_to_cluster(resolver)
     tf.tpu.experimental.initialize_tpu_system(resolver)
-    strategy = tf.distribute.TPUStrategy(resolver)
-  elif len(json.loads(os.environ.get('TF_CONFIG', '{}')).get('cluster', {}).get('worker', [])) > 1:
+    strategy, name = tf.distribute.TPUStrategy(resolver), 'TPUStrategy'
+  elif len(workers) > 1:
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    name = f'MultiWorkerMirroredStrategy over {len(workers)} workers'
   elif len(tf.config.list_logical_devices('GPU')) > 1:
-    strategy = tf.distribute.MirroredStrategy()
+    strategy, name = tf.distribute.MirroredStrategy(), 'MirroredStrategy'
   else:
-    strategy = tf.distribute.get_strategy()
-  logging.info('Running with %s, %d replica(s).', strategy.__class__.__name__, strategy.num_replicas_in_sync)
+    strategy, name = tf.distribute.get_strategy(), 'the default strategy'
+  logging.info('Running with %s, %d replica(s).', name, strategy.num_replicas_in_sync)
   return strategy
 
 
@@ -257,15 +312,18 @@ def build_model(cfg, num_classes, num_replicas=1):
   """The SimCLR model for these flags, with its variables created (a forward pass) so checkpoints can be
   restored into it. Synchronized BatchNorm only when there is something to synchronize: on one replica it
   computes the same thing, slower."""
-  model = model_lib.SimCLRModel(
-      num_classes, resnet_depth=cfg.resnet_depth, width_multiplier=cfg.width_multiplier,
-      cifar_stem=cfg.image_size <= 32, sk_ratio=cfg.sk_ratio, se_ratio=cfg.se_ratio, global_bn=cfg.global_bn and num_replicas > 1,
-      batch_norm_decay=cfg.batch_norm_decay, proj_head_mode=cfg.proj_head_mode, proj_out_dim=cfg.proj_out_dim,
-      num_proj_layers=cfg.num_proj_layers, ft_proj_selector=cfg.ft_proj_selector, train_mode=cfg.train_mode,
-      lineareval_while_pretraining=cfg.lineareval_while_pretraining,
-      fine_tune_after_block=cfg.fine_tune_after_block, zero_init_logits_layer=cfg.zero_init_logits_layer)
   views = 2 if cfg.train_mode == 'pretrain' else 1
-  model(tf.zeros([1, cfg.image_size, cfg.image_size, 3 * views]), training=False)
+  with model_lib.dtype_policy(cfg.precision):  # layers built lazily on this first call get it too
+    model = model_lib.SimCLRModel(
+        num_classes, resnet_depth=cfg.resnet_depth, width_multiplier=cfg.width_multiplier,
+        cifar_stem=cfg.image_size <= 32, sk_ratio=cfg.sk_ratio, se_ratio=cfg.se_ratio,
+        global_bn=cfg.global_bn and num_replicas > 1, batch_norm_decay=cfg.batch_norm_decay,
+        proj_head_mode=cfg.proj_head_mode, proj_out_dim=cfg.proj_out_dim, num_proj_layers=cfg.num_proj_layers,
+        ft_proj_selector=cfg.ft_proj_selector, train_mode=cfg.train_mode,
+        lineareval_while_pretraining=cfg.lineareval_while_pretraining,
+        fine_tune_after_block=cfg.fine_tune_after_block, zero_init_logits_layer=cfg.zero_init_logits_layer,
+        linear_eval_endpoint=cfg.linear_eval_endpoint)
+    model(tf.zeros([1, cfg.image_size, cfg.image_size, 3 * views]), training=False)
   return model
 
 
@@ -275,7 +333,7 @@ def build_training(cfg, strategy, num_classes, num_examples):
   schedule = model_lib.WarmUpAndCosineDecay(
       cfg.learning_rate, num_examples, cfg.train_batch_size, cfg.warmup_epochs, cfg.train_epochs,
       cfg.train_steps or None, cfg.learning_rate_scaling)
-  optimizer = model_lib.build_optimizer(cfg.optimizer, schedule, cfg.momentum, cfg.weight_decay)
+  optimizer = model_lib.build_optimizer(cfg.optimizer, schedule, cfg.momentum, cfg.weight_decay, cfg.precision)
   optimizer.build(model.trainable_variables)  # before any tf.function traces it (KERAS3_NOTES #2)
   return model, optimizer, schedule
 
@@ -297,6 +355,35 @@ def restore_for_finetuning(model, path):
   logging.info('Initialised encoder and projection head from %s', path)
 
 
+def load_teacher(cfg, strategy, source):
+  """`teacher(images) -> logits` from --teacher: an exported SavedModel, or a model_dir / checkpoint prefix of
+  this project, rebuilt from the flags.json its evaluation wrote."""
+  path = cfg.teacher
+  if tf.io.gfile.exists(os.path.join(path, 'saved_model.pb')):
+    exported = tf.saved_model.load(path)
+    if 'logits_sup' not in exported.signatures['serving_default'].structured_outputs:
+      raise UsageError(f'--teacher={path} has no classifier (logits_sup): distill from a fine-tuned model.')
+    logging.info('Teacher: SavedModel %s', path)
+    return lambda images: exported(images, trainable=False)['logits_sup']
+  model_dir = path if tf.io.gfile.isdir(path) else os.path.dirname(path)
+  flags_path = os.path.join(model_dir, 'flags.json')
+  if not tf.io.gfile.exists(flags_path):
+    raise UsageError(f'--teacher={path}: no flags.json in {model_dir} to rebuild the teacher from; pass its '
+                     'exported SavedModel (model_dir/saved_model/<step>) instead.')
+  with tf.io.gfile.GFile(flags_path) as f:
+    saved = json.load(f)
+  fields = {field.name for field in dataclasses.fields(Config)}
+  teacher_cfg = Config.defaults(**{k: v for k, v in saved.items() if k in fields})
+  if teacher_cfg.train_mode == 'pretrain':
+    raise UsageError(f'--teacher={path} is a pretraining run: distill from a fine-tuned model.')
+  checkpoint = tf.train.latest_checkpoint(path) if tf.io.gfile.isdir(path) else path
+  with strategy.scope():
+    teacher = build_model(teacher_cfg, max(source.num_classes, 1), strategy.num_replicas_in_sync)
+  tf.train.Checkpoint(model=teacher).read(checkpoint).expect_partial().assert_existing_objects_matched()
+  logging.info('Teacher: %s (ResNet-%d x%g)', checkpoint, teacher_cfg.resnet_depth, teacher_cfg.width_multiplier)
+  return lambda images: teacher(images, training=False)['logits_sup']
+
+
 def _restore_encoder(model, path):
   parts = tf.train.Checkpoint(resnet_model=model.resnet_model, _projection_head=model._projection_head)  # pylint: disable=protected-access
   tf.train.Checkpoint(model=parts).read(path).expect_partial().assert_existing_objects_matched()
@@ -312,14 +399,17 @@ def steps_per_loop(cfg, num_train_examples):
   return max(1, cfg.checkpoint_epochs * num_train_examples // cfg.train_batch_size)
 
 
-def make_train_step(cfg, model, optimizer, strategy):
-  """One SimCLR step on one replica (the paper's Algorithm 1, plus the online linear head).
+def make_train_step(cfg, model, optimizer, strategy, teacher=None):
+  """One SimCLR step on one replica (the paper's Algorithm 1, plus the online linear head), or one
+  fine-tuning / linear-evaluation / distillation step (`teacher(images) -> logits` for the latter).
 
   Returns `train_step(images, one_hot_labels) -> {metric name: value}`, to be run with `strategy.run`.
+  With --jit_compile the forward and backward pass are one XLA computation; the update (which synchronizes
+  replicas through the optimizer) stays outside it.
   """
   supervised = model.supervised_head is not None
 
-  def train_step(images, labels):
+  def forward_backward(images, labels):
     with tf.GradientTape() as tape:
       outputs = model(images, training=True)
       loss = 0.0
@@ -333,17 +423,36 @@ def make_train_step(cfg, model, optimizer, strategy):
                        'train/contrast_acc': metrics_lib.contrastive_accuracy(logits_ab, labels_ab),
                        'train/contrast_entropy': metrics_lib.contrastive_entropy(logits_ab)})
         labels = tf.concat([labels, labels], 0)  # the linear head sees both views
-      if supervised:
+      supervised_weight = 1.0
+      if cfg.train_mode == 'distill':
+        # SimCLRv2 eq. 3: cross-entropy to the teacher's temperature-softened predictions.
+        teacher_logits = tf.stop_gradient(tf.cast(teacher(images), tf.float32))
+        distill_loss = obj_lib.add_distillation_loss(teacher_logits, outputs['logits_sup'],
+                                                     cfg.distill_temperature)
+        loss += distill_loss
+        values.update({'train/distill_loss': distill_loss,
+                       'train/teacher_agreement': metrics_lib.top_k_accuracy(
+                           tf.one_hot(tf.argmax(teacher_logits, 1), teacher_logits.shape[-1]),
+                           outputs['logits_sup'], 1)})
+        supervised_weight = cfg.distill_alpha
+      if supervised and supervised_weight:
         supervised_loss = obj_lib.add_supervised_loss(labels, outputs['logits_sup'])
-        loss += supervised_loss
+        loss += supervised_weight * supervised_loss
         values.update({'train/supervised_loss': supervised_loss,
                        'train/supervised_acc': metrics_lib.top_k_accuracy(labels, outputs['logits_sup'], 1)})
       weight_decay = model_lib.weight_decay_loss(model.trainable_variables, cfg.weight_decay, cfg.optimizer)
       loss += weight_decay
       values.update({'train/total_loss': loss, 'train/weight_decay': weight_decay})
-      # Gradients are summed over replicas, so each replica contributes its share of the mean.
-      scaled_loss = loss / strategy.num_replicas_in_sync
-    grads = tape.gradient(scaled_loss, model.trainable_variables)
+      # Gradients are summed over replicas, so each replica contributes its share of the mean; under
+      # mixed_float16 the loss is also scaled up (the optimizer scales the gradients back).
+      scaled_loss = optimizer.scale_loss(loss / strategy.num_replicas_in_sync)
+    return tape.gradient(scaled_loss, model.trainable_variables), values
+
+  if cfg.jit_compile:
+    forward_backward = tf.function(forward_backward, jit_compile=True)
+
+  def train_step(images, labels):
+    grads, values = forward_backward(images, labels)
     # Fine-tuning from an early projection layer leaves the later ones without gradient: skip them.
     optimizer.apply_gradients([(g, v) for g, v in zip(grads, model.trainable_variables) if g is not None])
     return values
@@ -353,7 +462,7 @@ def make_train_step(cfg, model, optimizer, strategy):
 
 def training_examples(cfg, source):
   """(number of training examples, ids of the label-fraction subset or None) for these flags."""
-  if cfg.train_mode == 'finetune' and cfg.label_fraction < 1:
+  if cfg.train_mode in LABELED_MODES and cfg.label_fraction < 1:
     subset_ids = data_lib.label_fraction_subset(source, cfg.train_split, cfg.label_fraction,
                                                 cfg.label_fraction_seed)
     return len(subset_ids), subset_ids
@@ -375,7 +484,7 @@ def train(cfg, strategy, source, chief):
                  cfg.label_fraction, cfg.train_split, path)
   train_steps = model_lib.get_train_steps(num_examples, cfg.train_batch_size, cfg.train_epochs,
                                           cfg.train_steps)
-  loop_steps = min(steps_per_loop(cfg, num_examples), train_steps)
+  loop_steps = min(steps_per_loop(cfg, num_examples), train_steps, cfg.knn_eval_steps or train_steps)
   warmup_steps = model_lib.get_warmup_steps(cfg.warmup_epochs, num_examples, cfg.train_batch_size)
   if warmup_steps >= train_steps:
     raise UsageError(f'--warmup_epochs={cfg.warmup_epochs} ({warmup_steps} steps) is not shorter than the '
@@ -393,24 +502,30 @@ def train(cfg, strategy, source, chief):
     names = ['train/total_loss', 'train/weight_decay']
     if cfg.train_mode == 'pretrain':
       names += ['train/contrast_loss', 'train/contrast_acc', 'train/contrast_entropy']
-    if model.supervised_head is not None:
+    if cfg.train_mode == 'distill':
+      names += ['train/distill_loss', 'train/teacher_agreement']
+    if model.supervised_head is not None and (cfg.train_mode != 'distill' or cfg.distill_alpha):
       names += ['train/supervised_loss', 'train/supervised_acc']
     loop_metrics = {name: keras.metrics.Mean(name) for name in names}
 
+  # Every worker resumes from the chief's checkpoints in model_dir (shared storage when multi-worker); the
+  # others must still save (saving can involve collectives), into a local scratch dir deleted at the end.
+  output_dir = cfg.model_dir if chief else tempfile.mkdtemp(prefix='simclr-worker-')
   checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
-  manager = tf.train.CheckpointManager(checkpoint, cfg.model_dir if chief else _scratch_dir(cfg),
-                                       max_to_keep=cfg.keep_checkpoint_max, checkpoint_name='ckpt',
-                                       step_counter=optimizer.iterations)
-  if manager.latest_checkpoint:
-    checkpoint.read(manager.latest_checkpoint).assert_existing_objects_matched()
-    logging.info('Restored checkpoint %s (step %d)', manager.latest_checkpoint, optimizer.iterations.numpy())
-  elif cfg.train_mode == 'finetune' and cfg.checkpoint:
+  manager = tf.train.CheckpointManager(checkpoint, output_dir, max_to_keep=cfg.keep_checkpoint_max,
+                                       checkpoint_name='ckpt', step_counter=optimizer.iterations)
+  latest = tf.train.latest_checkpoint(cfg.model_dir)
+  if latest:
+    checkpoint.read(latest).assert_existing_objects_matched()
+    logging.info('Restored checkpoint %s (step %d)', latest, optimizer.iterations.numpy())
+  elif cfg.train_mode != 'pretrain' and cfg.checkpoint:
     restore_for_finetuning(model, cfg.checkpoint)
     if cfg.zero_init_logits_layer:
       for variable in model.supervised_head.trainable_variables:
         variable.assign(tf.zeros_like(variable))
 
-  train_step = make_train_step(cfg, model, optimizer, strategy)
+  teacher = load_teacher(cfg, strategy, source) if cfg.train_mode == 'distill' else None
+  train_step = make_train_step(cfg, model, optimizer, strategy, teacher)
 
   @tf.function
   def train_loop(iterator, steps):
@@ -420,33 +535,37 @@ def train(cfg, strategy, source, chief):
       for name, value in values.items():
         loop_metrics[name].update_state(strategy.reduce('MEAN', value, axis=None))
 
-  writer = tf.summary.create_file_writer(cfg.model_dir if chief else _scratch_dir(cfg))
+  writer = tf.summary.create_file_writer(output_dir)
   iterator = iter(dataset)
   progress = Progress(int(optimizer.iterations.numpy()), train_steps, cfg.train_batch_size)
   _write_augmented_views(writer, iterator, strategy, int(optimizer.iterations.numpy()), chief)
-  while (step := int(optimizer.iterations.numpy())) < train_steps:
+  while (previous := int(optimizer.iterations.numpy())) < train_steps:
     start = time.perf_counter()
-    train_loop(iterator, tf.constant(min(loop_steps, train_steps - step)))  # the last loop may be shorter
+    train_loop(iterator, tf.constant(min(loop_steps, train_steps - previous)))  # the last loop may be shorter
+    seconds = time.perf_counter() - start
     step = int(optimizer.iterations.numpy())
     with writer.as_default():
       values = metrics_lib.log_and_write_metrics(loop_metrics.values(), step)
       learning_rate = float(schedule(step - 1))
       tf.summary.scalar('train/learning_rate', learning_rate, step=step)
+      if cfg.knn_eval_steps and (step // cfg.knn_eval_steps > previous // cfg.knn_eval_steps or
+                                 step == train_steps) and source.num_classes > 1:
+        knn = knn_monitor(cfg, source, model)
+        tf.summary.scalar('knn/top_1_accuracy', knn, step=step)
+        logging.info('Step %d: kNN top-1 %.4f', step, knn)
+        values['knn/top_1_accuracy'] = knn
     if not all(math.isfinite(v) for v in values.values()):
       raise FloatingPointError(
           f'Training diverged at step {step}: {values}. No checkpoint was written for this state; the last '
           f'good one is {manager.latest_checkpoint}. Try a lower --learning_rate or a larger --warmup_epochs.')
     manager.save(checkpoint_number=step)
-    progress.update(step, time.perf_counter() - start, values, learning_rate)
+    progress.update(step, seconds, values, learning_rate)
     for metric in loop_metrics.values():
       metric.reset_state()
-  writer.flush()
+  writer.close()
+  if not chief:
+    shutil.rmtree(output_dir, ignore_errors=True)
   return model, manager
-
-
-def _scratch_dir(cfg):
-  """Where non-chief workers write what nobody reads (they must still write, for collective saving)."""
-  return os.path.join(cfg.model_dir, 'workers_scratch', str(os.getpid()))
 
 
 def _write_augmented_views(writer, iterator, strategy, step, chief):
@@ -479,8 +598,10 @@ class Progress:
       self.bar.update(step, [('loss', loss), ('images/s', images_per_sec), ('lr', learning_rate)])
       return
     eta = (self.total_steps - step) * seconds / steps_done
-    extra = ''.join(f' | {name.split("/")[1]} {values[name]:.3f}' for name in
-                    ('train/contrast_acc', 'train/supervised_acc') if name in values)
+    extra = ''.join(f' | {label} {values[name]:.3f}' for name, label in
+                    (('train/contrast_acc', 'contrast_acc'), ('train/supervised_acc', 'supervised_acc'),
+                     ('train/teacher_agreement', 'teacher_agreement'), ('knn/top_1_accuracy', 'knn_top1'))
+                    if name in values)
     print(f'step {step}/{self.total_steps} | loss {loss:.4f}{extra} | {images_per_sec:.0f} img/s | '
           f'ETA {_duration(eta)}', flush=True)
 
@@ -542,13 +663,24 @@ def evaluate(cfg, strategy, source, model, step, chief, extra=None):
   return result
 
 
+def frozen_features(cfg, source, net, split, max_examples=None):
+  """(`final_avg_pool` features, labels) of `split` through `net` in inference mode, eval preprocessing."""
+  dataset = data_lib.build_dataset(source, split, cfg.eval_batch_size, is_training=False,
+                                   image_size=cfg.image_size, cache=cfg.cache_dataset)
+  return linear_eval_lib.extract_features(net, dataset, max_examples=max_examples)
+
+
+def knn_monitor(cfg, source, model):
+  """Weighted-kNN top-1 on --eval_split with train features as the bank: a label-free training signal."""
+  return linear_eval_lib.knn_eval(
+      *frozen_features(cfg, source, model, cfg.train_split, cfg.linear_eval_max_examples),
+      *frozen_features(cfg, source, model, cfg.eval_split, cfg.eval_steps * cfg.eval_batch_size or None),
+      num_classes=source.num_classes, k=cfg.knn_k, temperature=cfg.knn_temperature)['top_1_accuracy']
+
+
 def frozen_linear_eval(cfg, strategy, source, model):
   """Logistic regression on frozen `final_avg_pool` features of the pretrained and of a random encoder."""
-  def features(net, split, max_examples=None):
-    dataset = data_lib.build_dataset(source, split, cfg.eval_batch_size, is_training=False,
-                                     image_size=cfg.image_size, cache=cfg.cache_dataset)
-    return linear_eval_lib.extract_features(net, dataset, max_examples=max_examples)
-
+  features = lambda net, split, max_examples=None: frozen_features(cfg, source, net, split, max_examples)
   with strategy.scope():
     random_model = build_model(cfg, max(source.num_classes, 1), strategy.num_replicas_in_sync)
   result = {}
@@ -562,6 +694,23 @@ def frozen_linear_eval(cfg, strategy, source, model):
     logging.info('Linear evaluation (%s): %s in %.0f s', name.rstrip('_') or 'pretrained', outcome,
                  time.perf_counter() - start)
   return result
+
+
+def embedding_plot(cfg, strategy, source):
+  """--mode=embed_plot: PCA of --eval_split features, a random encoder (left) next to the trained one (right),
+  as model_dir/embedding.png. The trained one: the latest checkpoint of model_dir, else --checkpoint."""
+  with strategy.scope():
+    random_model, trained = (build_model(cfg, max(source.num_classes, 1), strategy.num_replicas_in_sync)
+                             for _ in range(2))
+  latest = tf.train.latest_checkpoint(cfg.model_dir)
+  if latest:
+    tf.train.Checkpoint(model=trained).read(latest).expect_partial()
+  else:
+    restore_for_finetuning(trained, cfg.checkpoint)
+  max_examples = cfg.eval_steps * cfg.eval_batch_size or None
+  panels = [frozen_features(cfg, source, net, cfg.eval_split, max_examples) for net in (random_model, trained)]
+  tf.io.gfile.makedirs(cfg.model_dir)
+  return embed_plot_lib.save_embedding_plot(os.path.join(cfg.model_dir, 'embedding.png'), panels)
 
 
 def eval_checkpoints(cfg, strategy, source, chief):
@@ -648,6 +797,9 @@ def main(argv):
   if cfg.mode == 'eval':
     eval_checkpoints(cfg, strategy, source, chief)
     return
+  if cfg.mode == 'embed_plot':
+    print(f'Embedding plot (random encoder | trained): {embedding_plot(cfg, strategy, source)}', flush=True)
+    return
   try:
     model, manager = train(cfg, strategy, source, chief)
   except UsageError as error:
@@ -658,7 +810,8 @@ def main(argv):
       extra = frozen_linear_eval(cfg, strategy, source, model)
     result = evaluate(cfg, strategy, source, model, int(manager.checkpoint.optimizer.iterations.numpy()),
                       chief, extra)
-    head = 'Online linear head' if cfg.train_mode == 'pretrain' else 'Fine-tuned model'
+    head = {'pretrain': 'Online linear head', 'finetune': 'Fine-tuned model', 'linear_eval': 'Linear evaluation',
+            'distill': 'Distilled student'}[cfg.train_mode]
     print(f'{head} ({cfg.eval_split}): top-1 {result["eval/label_top_1_accuracy"]:.4f}, '
           f'top-5 {result["eval/label_top_5_accuracy"]:.4f} (step {result["global_step"]})', flush=True)
     if extra:

@@ -1,4 +1,4 @@
-"""Logistic-regression linear evaluation: learns what is linearly there, nothing more."""
+"""Frozen-feature evaluation: logistic regression learns what is linearly there, nothing more; kNN votes."""
 
 import numpy as np
 import pytest
@@ -48,3 +48,30 @@ def test_extract_features_drops_unlabeled_rows():
   np.testing.assert_allclose(features[0], images[0].numpy().mean((0, 1)), rtol=1e-5)
   with pytest.raises(ValueError, match='two classes'):
     linear_eval.linear_eval(features, np.zeros(4, int), features, np.zeros(4, int), 2)
+
+
+def _knn_reference(bank, bank_labels, query, num_classes, k, temperature):
+  """The InstDisc rule written out per query."""
+  bank = bank / np.linalg.norm(bank, axis=1, keepdims=True)
+  scores = np.zeros((len(query), num_classes))
+  for i, q in enumerate(query):
+    similarity = bank @ (q / np.linalg.norm(q))
+    for j in np.argsort(-similarity)[:k]:
+      scores[i, bank_labels[j]] += np.exp(similarity[j] / temperature)
+  return scores
+
+
+@pytest.mark.parametrize('k, temperature', [(1, 0.1), (5, 0.1), (20, 0.5), (200, 0.1)])
+def test_knn_matches_reference(k, temperature):
+  x, y = _blobs(120, d=8, classes=3, spread=2.0, seed=3)
+  scores = linear_eval.knn_predict(x[:100], y[:100], x[100:], 3, k=k, temperature=temperature, chunk_size=7)
+  np.testing.assert_allclose(scores, _knn_reference(x[:100], y[:100], x[100:], 3, k, temperature), rtol=1e-4)
+
+
+def test_knn_accuracy_separable_vs_random_labels():
+  x, y = _blobs(700, spread=0.5)
+  assert linear_eval.knn_eval(x[:500], y[:500], x[500:], y[500:], 4)['top_1_accuracy'] > 0.95
+  shuffled = np.random.default_rng(0).permutation(y)
+  assert linear_eval.knn_eval(x[:500], shuffled[:500], x[500:], shuffled[500:], 4)['top_1_accuracy'] < 0.4
+  with pytest.raises(ValueError, match='temperature'):
+    linear_eval.knn_predict(x, y, x, 4, temperature=0.0)

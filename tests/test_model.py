@@ -78,6 +78,42 @@ def test_finetune_model_trains_encoder_through_supervised_head():
   assert net.supervised_head.linear_layer.dense.kernel.shape == (128, 4)
 
 
+@pytest.mark.parametrize('endpoint, width', [('final_avg_pool', 128), ('block_group3', 64)])
+def test_linear_eval_model_trains_only_its_head_on_the_chosen_endpoint(endpoint, width):
+  """The paper's linear evaluation: nothing but the linear head is trainable, BatchNorm stays in inference mode
+  (outputs do not depend on the rest of the batch), spatial endpoints are average-pooled."""
+  net = model.SimCLRModel(5, train_mode='linear_eval', linear_eval_endpoint=endpoint, **TINY)
+  images = tf.random.uniform([4, 32, 32, 3])
+  outputs = net(images, training=True)
+  assert [v.path for v in net.trainable_variables] == [v.path for v in net.supervised_head.trainable_variables]
+  assert net.supervised_head.linear_layer.dense.kernel.shape == (width, 5)
+  alone = net(images[:1], training=True)  # batch statistics would change this row
+  np.testing.assert_allclose(alone['logits_sup'][0], outputs['logits_sup'][0], rtol=1e-4, atol=1e-5)
+  pooled = tf.reduce_mean(outputs[endpoint], [1, 2]) if outputs[endpoint].shape.rank == 4 else outputs[endpoint]
+  head = net.supervised_head.linear_layer.dense
+  np.testing.assert_allclose(outputs['logits_sup'], pooled @ head.kernel + head.bias, rtol=1e-4, atol=1e-5)
+
+
+def test_distill_student_is_the_finetune_network():
+  student = model.SimCLRModel(4, train_mode='distill', **TINY)
+  student(tf.zeros([1, 32, 32, 3]))
+  finetune = model.SimCLRModel(4, train_mode='finetune', **TINY)
+  finetune(tf.zeros([1, 32, 32, 3]))
+  assert [v.shape for v in student.trainable_variables] == [v.shape for v in finetune.trainable_variables]
+
+
+def test_dtype_policy_scope():
+  with model.dtype_policy('mixed_bfloat16'):
+    net = model.SimCLRModel(3, train_mode='finetune', **TINY)
+    outputs = net(tf.zeros([2, 32, 32, 3]), training=False)
+  assert net.resnet_model.compute_dtype == 'bfloat16' and keras.config.dtype_policy().name == 'float32'
+  assert all(v.dtype == 'float32' for v in net.weights)
+  assert all(v.dtype == tf.float32 for v in outputs.values() if v is not None)
+  with pytest.raises(ValueError, match='precision'):
+    with model.dtype_policy('float8'):
+      pass
+
+
 def test_model_without_supervised_head_and_validation():
   net = model.SimCLRModel(None, lineareval_while_pretraining=False, **TINY)
   outputs = net(tf.zeros([1, 32, 32, 6]), training=False)
@@ -85,7 +121,11 @@ def test_model_without_supervised_head_and_validation():
   with pytest.raises(ValueError, match='fine_tune_after_block'):
     model.SimCLRModel(10, fine_tune_after_block=2, **TINY)
   with pytest.raises(ValueError, match='train_mode'):
-    model.SimCLRModel(10, train_mode='distill', **TINY)
+    model.SimCLRModel(10, train_mode='selfsupervised', **TINY)
+  with pytest.raises(ValueError, match='linear_eval_endpoint'):
+    model.SimCLRModel(10, train_mode='linear_eval', linear_eval_endpoint='block_group5', **TINY)
+  with pytest.raises(ValueError, match='fine_tune_after_block must be -1 or 4'):
+    model.SimCLRModel(10, train_mode='linear_eval', fine_tune_after_block=2, **TINY)
   with pytest.raises(ValueError, match='multiple of 3'):
     net(tf.zeros([1, 32, 32, 4]))
 

@@ -101,3 +101,19 @@ def test_two_replicas_equal_one_replica_loss_and_gradients(two_replica_strategy)
   labels_1 = per_replica(labels)[1]
   np.testing.assert_array_equal(labels_1, np.eye(8, 16)[n_per_replica:2 * n_per_replica])
   assert per_replica(logits)[1].shape == (n_per_replica, 2 * n_per_replica)
+
+
+@pytest.mark.parametrize('temperature', [0.5, 1.0, 2.0])
+def test_distillation_loss_matches_numpy(temperature):
+  rng = np.random.default_rng(int(temperature * 10))
+  teacher, student = rng.normal(size=(6, 5)) * 3, rng.normal(size=(6, 5)) * 3
+  softmax = lambda z: np.exp(z - z.max(1, keepdims=True)) / np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True)
+  expected = np.mean(-np.sum(softmax(teacher / temperature) * np.log(softmax(student / temperature)), axis=1))
+  loss = objective.add_distillation_loss(tf.constant(teacher, tf.float32), tf.constant(student, tf.float32),
+                                         temperature)
+  np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+  # Minimal (the teacher's entropy) when the student equals the teacher.
+  same = float(objective.add_distillation_loss(teacher, teacher, temperature))
+  assert same < float(loss)
+  with pytest.raises(ValueError, match='temperature'):
+    objective.add_distillation_loss(teacher, student, 0.0)

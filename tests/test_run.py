@@ -1,5 +1,6 @@
 """run.py end to end, as a user runs it (subprocesses, tiny settings), and its flag validation."""
 
+import copy
 import dataclasses
 import glob
 import json
@@ -51,8 +52,18 @@ def tiny_model(train_mode='pretrain'):
 @pytest.fixture(scope='module')
 def pretrained(shapes_data_dir, tmp_path_factory):
   model_dir = str(tmp_path_factory.mktemp('pretrain'))
-  result = run_py(f'--data_dir={shapes_data_dir}', f'--model_dir={model_dir}', '--train_steps=4', *TINY)
+  result = run_py(f'--data_dir={shapes_data_dir}', f'--model_dir={model_dir}', '--train_steps=4',
+                  '--knn_eval_steps=2', *TINY)
   return model_dir, result
+
+
+@pytest.fixture(scope='module')
+def finetuned(pretrained, shapes_data_dir, tmp_path_factory):
+  """A fine-tuned model (the teacher of the distillation tests), evaluated and exported."""
+  model_dir = str(tmp_path_factory.mktemp('finetuned'))
+  run_py(f'--data_dir={shapes_data_dir}', f'--model_dir={model_dir}', '--train_mode=finetune',
+         f'--checkpoint={pretrained[0]}', '--train_steps=2', '--linear_eval=False', *TINY)
+  return model_dir
 
 
 @pytest.mark.slow
@@ -75,6 +86,54 @@ def test_pretrain_writes_checkpoints_results_export_and_summaries(pretrained):
   assert 'Linear evaluation on frozen features (test): top-1' in result.stdout
   assert 0 <= outcome['linear_eval/top_1_accuracy'] <= 1 and 'linear_eval/random_init_top_1_accuracy' in outcome
   assert sorted(scalars(model_dir, 'train/contrast_loss')) == [2, 4]
+  knn = scalars(model_dir, 'knn/top_1_accuracy')  # the kNN monitor, every 2 steps
+  assert sorted(knn) == [2, 4] and all(0 <= v <= 1 for v in knn.values())
+  assert f'knn_top1 {knn[4]:.3f}' in result.stdout
+
+
+@pytest.mark.slow
+def test_linear_eval_mode_trains_a_head_on_the_frozen_encoder(pretrained, shapes_data_dir, tmp_path):
+  """--train_mode=linear_eval from an exported SavedModel: every encoder and projection-head variable,
+  BatchNorm statistics included, stays what pretraining left; the head learns; results are written."""
+  model_dir, _ = pretrained
+  eval_dir = str(tmp_path / 'linear_eval')
+  result = run_py(f'--data_dir={shapes_data_dir}', f'--model_dir={eval_dir}', '--train_mode=linear_eval',
+                  f'--checkpoint={os.path.join(model_dir, "saved_model", "4")}', '--train_steps=4',
+                  '--optimizer=momentum', '--learning_rate=0.1', '--weight_decay=0', *TINY)
+  assert 'Linear evaluation (test): top-1' in result.stdout
+  pretrained_net, evaluated_net = tiny_model(), tiny_model('linear_eval')
+  tf.train.Checkpoint(model=pretrained_net).read(os.path.join(model_dir, 'ckpt-4')).expect_partial()
+  tf.train.Checkpoint(model=evaluated_net).read(os.path.join(eval_dir, 'ckpt-4')).expect_partial()
+  frozen = lambda net: net.resnet_model.variables + net._projection_head.variables  # pylint: disable=protected-access
+  assert len(frozen(evaluated_net)) > 100
+  for a, b in zip(frozen(pretrained_net), frozen(evaluated_net)):
+    np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+  assert np.any(evaluated_net.supervised_head.variables[0].numpy())
+  outcome = json.load(open(os.path.join(eval_dir, 'result.json')))
+  assert outcome['global_step'] == 4 and 0 <= outcome['eval/label_top_1_accuracy'] <= 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('teacher', ['saved_model', 'model_dir'])
+def test_distill_from_a_finetuned_teacher(finetuned, shapes_data_dir, tmp_path, teacher):
+  path = os.path.join(finetuned, 'saved_model', '2') if teacher == 'saved_model' else finetuned
+  student_dir = str(tmp_path / 'student')
+  result = run_py(f'--data_dir={shapes_data_dir}', f'--model_dir={student_dir}', '--train_mode=distill',
+                  f'--teacher={path}', '--train_steps=2', *TINY, '--width_multiplier=0.125')  # big -> small
+  assert 'Distilled student (test): top-1' in result.stdout and 'teacher_agreement' in result.stdout
+  assert sorted(scalars(student_dir, 'train/distill_loss')) == [2]
+  assert not scalars(student_dir, 'train/supervised_loss')  # --distill_alpha=0: no label is used
+  assert json.load(open(os.path.join(student_dir, 'result.json')))['global_step'] == 2
+
+
+@pytest.mark.slow
+def test_embed_plot_mode(pretrained, shapes_data_dir):
+  model_dir, _ = pretrained
+  result = run_py(f'--data_dir={shapes_data_dir}', f'--model_dir={model_dir}', '--mode=embed_plot', *TINY)
+  path = os.path.join(model_dir, 'embedding.png')
+  assert path in result.stdout
+  image = tf.io.decode_png(tf.io.read_file(path)).numpy()
+  assert image.shape == (400, 804, 3) and len(np.unique(image.reshape(-1, 3), axis=0)) > 5  # dots of colours
 
 
 @pytest.mark.slow
@@ -143,6 +202,50 @@ def test_resume_continues_at_the_saved_step_with_the_same_learning_rate(pretrain
   assert os.path.exists(os.path.join(model_dir, 'ckpt-4.index'))
 
 
+def test_distillation_step_teaches_the_student_the_teachers_rule():
+  """A student trained only on a teacher's soft predictions (no labels) learns its rule: here, whether an
+  image is brighter than average. Chance agreement is 0.5."""
+  cfg = run.Config.defaults(train_mode='distill', width_multiplier=0.125, image_size=16, train_batch_size=32,
+                            train_steps=60, warmup_epochs=0, optimizer='momentum', learning_rate=0.5,
+                            weight_decay=0.0)
+  teacher = lambda images: tf.stack([tf.zeros([tf.shape(images)[0]]),
+                                     40.0 * (tf.reduce_mean(images, [1, 2, 3]) - 0.25)], axis=1)
+
+  def batch(seed):
+    rng = np.random.default_rng(seed)
+    brightness = rng.uniform(0, 1, size=(32, 1, 1, 1))
+    return tf.constant(rng.uniform(size=(32, 16, 16, 3)) * brightness, tf.float32)
+
+  strategy = tf.distribute.get_strategy()
+  keras.utils.set_random_seed(0)
+  student, optimizer, _ = run.build_training(cfg, strategy, num_classes=2, num_examples=1000)
+  step = tf.function(run.make_train_step(cfg, student, optimizer, strategy, teacher))
+  no_labels = tf.zeros([32, 2])
+  losses = [float(step(batch(i), no_labels)['train/distill_loss']) for i in range(cfg.train_steps)]
+  test = batch(10_000)
+  agreement = np.mean(np.argmax(student(test, training=False)['logits_sup'], 1) == np.argmax(teacher(test), 1))
+  assert agreement > 0.85, (agreement, losses[::10])
+  assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10])
+
+
+@pytest.mark.parametrize('path', sorted(glob.glob(os.path.join(ROOT, 'configs', '*.cfg'))),
+                         ids=os.path.basename)
+def test_recipes_name_real_flags_with_valid_values(path):
+  values = {}
+  with open(path) as f:
+    for line in f:
+      line = line.strip()
+      if line and not line.startswith('#'):
+        name, _, value = line[2:].partition('=')
+        flag = copy.deepcopy(run.FLAGS[name])  # KeyError: a flag that does not exist
+        flag.parse(value)
+        values[name] = flag.value
+  cfg = run.Config.defaults(**values)
+  if cfg.train_mode in run.LABELED_MODES:  # their --checkpoint is a run of the user's
+    cfg = dataclasses.replace(cfg, checkpoint=None, random_init=True)
+  run.validate(cfg, num_replicas=8)
+
+
 def config(**overrides):
   defaults = {field.name: run.FLAGS[field.name].default for field in dataclasses.fields(run.Config)}
   return run.Config(**{**defaults, **overrides})
@@ -159,6 +262,15 @@ def config(**overrides):
     (dict(train_mode='finetune', checkpoint='/nonexistent/ckpt-1'), 1, 'does not exist'),
     (dict(train_mode='finetune', checkpoint='x', random_init=True), 1, 'exclusive'),
     (dict(temperature=0.0), 1, '--temperature'),
+    (dict(jit_compile=True), 2, '--jit_compile needs one replica'),
+    (dict(train_mode='linear_eval', model_dir='/nonexistent'), 1, '--train_mode=linear_eval needs --checkpoint'),
+    (dict(train_mode='linear_eval', random_init=True, fine_tune_after_block=2), 1, 'freezes the whole encoder'),
+    (dict(train_mode='distill'), 1, '--train_mode=distill needs --teacher'),
+    (dict(teacher='/tmp'), 1, '--teacher applies to --train_mode=distill only'),
+    (dict(train_mode='distill', teacher='/nonexistent'), 1, '--teacher=/nonexistent does not exist'),
+    (dict(train_mode='distill', teacher='/tmp', distill_temperature=0), 1, '--distill_temperature'),
+    (dict(train_mode='finetune', random_init=True, knn_eval_steps=5), 1, '--knn_eval_steps monitors'),
+    (dict(mode='embed_plot', model_dir='/nonexistent'), 1, '--mode=embed_plot needs a checkpoint'),
 ])
 def test_bad_flag_combinations_fail_with_one_line(overrides, replicas, message):
   with pytest.raises(run.UsageError, match=message) as error:
