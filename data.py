@@ -45,8 +45,9 @@ class Source:
     class_names: label names; index = label id. Empty for fully unlabeled data.
     split_sizes: {split: number of examples}.
     image_shape: `(H, W, 3)` when every image has that size (enables batched cropping), else None.
-    read: `read(split, input_context=None, shuffle_files=False, decode_images=True)` -> tf.data.Dataset of
-      examples; with `decode_images=False` they hold only 'label' and 'id' (no image is decoded).
+    read: `read(split, input_context=None, shuffle_files=False, decode_images=True, keep_ids=None)` ->
+      tf.data.Dataset of examples; with `decode_images=False` they hold only 'label' and 'id' (no image is
+      decoded); with `keep_ids`, only those examples, chosen before any image is decoded.
   """
   name: str
   class_names: tuple
@@ -93,19 +94,35 @@ def _tfds_source(name, data_dir):
   shape = tuple(info.features['image'].shape)
   image_shape = shape if None not in shape else None
 
-  def read(split, input_context=None, shuffle_files=False, decode_images=True):
+  def read(split, input_context=None, shuffle_files=False, decode_images=True, keep_ids=None):
     split_info = info.splits[split]
     num_pipelines = input_context.num_input_pipelines if input_context else 1
     by_file = num_pipelines > 1 and split_info.num_shards >= num_pipelines
     read_config = tfds.ReadConfig(add_tfds_id=True, input_context=input_context if by_file else None)
-    decoders = None if decode_images else {'image': tfds.decode.SkipDecoding()}
+    encoded = not decode_images or keep_ids is not None
+    decoders = {'image': tfds.decode.SkipDecoding()} if encoded else None
     ds = builder.as_dataset(split=split, shuffle_files=shuffle_files, read_config=read_config, decoders=decoders)
     if num_pipelines > 1 and not by_file:
       ds = ds.shard(num_pipelines, input_context.input_pipeline_id)
+    if keep_ids is not None:
+      keep = _id_filter(keep_ids)
+      ds = ds.filter(lambda ex: keep(ex['tfds_id']))
+      if decode_images:  # only the kept examples (1% of them for a 1% label fraction)
+        image = info.features['image']
+        ds = ds.map(lambda ex: {**ex, 'image': image.decode_example(ex['image'])},
+                    num_parallel_calls=tf.data.AUTOTUNE)
     return ds.map(lambda ex: _tfds_example(ex, image=decode_images), num_parallel_calls=tf.data.AUTOTUNE)
 
   split_sizes = {split: info.splits[split].num_examples for split in info.splits}
   return Source(name, class_names, split_sizes, image_shape, read)
+
+
+def _id_filter(keep_ids):
+  """A predicate on string example ids: is the id in `keep_ids`?"""
+  table = tf.lookup.StaticHashTable(
+      tf.lookup.KeyValueTensorInitializer(tf.constant(list(keep_ids)), tf.ones([len(keep_ids)], tf.int32)),
+      default_value=0)
+  return lambda example_id: table.lookup(example_id) > 0
 
 
 def _tfds_example(example, image=True):
@@ -215,13 +232,16 @@ def _folder_source(root, strict):
   logging.info('Image folder %s: splits %s, %d classes, image size %s', root,
                {s: len(e) for s, e in checked.items()}, len(class_names), image_shape or 'varies')
 
-  def read(split, input_context=None, shuffle_files=False, decode_images=True):
+  def read(split, input_context=None, shuffle_files=False, decode_images=True, keep_ids=None):
     entries = checked[split]
     ids = [rel for rel, _ in entries]
     labels = [label_of[name] if name else -1 for _, name in entries]
     ds = tf.data.Dataset.from_tensor_slices((ids, tf.constant(labels, tf.int64)))
     if input_context and input_context.num_input_pipelines > 1:
       ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    if keep_ids is not None:
+      keep = _id_filter(keep_ids)
+      ds = ds.filter(lambda rel, _: keep(rel))
     if shuffle_files:
       ds = ds.shuffle(len(ids), reshuffle_each_iteration=True)
 
@@ -283,12 +303,7 @@ def build_dataset(source, split, batch_size, is_training, train_mode='pretrain',
   all eval batches are `[B, S, S, 3]`. Labels are one-hot `[B, num_classes]` (all zeros when unlabeled).
   Training batches are shuffled, repeated and full (`drop_remainder`); eval batches cover the split once.
   """
-  ds = source.read(split, input_context=input_context, shuffle_files=is_training)
-  if subset_ids is not None:
-    table = tf.lookup.StaticHashTable(
-        tf.lookup.KeyValueTensorInitializer(tf.constant(list(subset_ids)), tf.ones([len(subset_ids)], tf.int32)),
-        default_value=0)
-    ds = ds.filter(lambda ex: table.lookup(ex['id']) > 0)
+  ds = source.read(split, input_context=input_context, shuffle_files=is_training, keep_ids=subset_ids)
   ds = ds.map(lambda ex: (ex['image'], tf.one_hot(ex['label'], max(source.num_classes, 1))))
   if cache:
     ds = ds.cache()

@@ -165,3 +165,17 @@ def test_labels_are_read_without_decoding_images(folder, shapes_data_dir):
     light = list(source.read(split, decode_images=False).as_numpy_iterator())
     assert all(set(ex) == {'id', 'label'} for ex in light)
     assert {ex['id']: int(ex['label']) for ex in light} == full
+
+
+def test_keep_ids_selects_examples_before_decoding_them(folder, shapes_data_dir):
+  """Label fractions read only their examples: the same images and labels as the full read, nothing else."""
+  for source in (data.load_source(str(folder)), data.load_source(data.EMBEDDED_DATASET, shapes_data_dir)):
+    full = {ex['id']: ex for ex in source.read('train').as_numpy_iterator()}
+    keep = sorted(full)[::3]
+    kept = list(source.read('train', keep_ids=keep).as_numpy_iterator())
+    assert sorted(ex['id'] for ex in kept) == keep
+    for ex in kept:
+      np.testing.assert_array_equal(ex['image'], full[ex['id']]['image'])
+      assert ex['label'] == full[ex['id']]['label']
+    light = source.read('train', decode_images=False, keep_ids=keep).as_numpy_iterator()
+    assert {ex['id'] for ex in light} == set(keep)
