@@ -57,8 +57,8 @@ class LinearLayer(keras.layers.Layer):
   def build(self, input_shape):
     units = self.num_classes(input_shape) if callable(self.num_classes) else self.num_classes
     init = 'zeros' if self.zero_init else keras.initializers.RandomNormal(stddev=0.01)
-    self.dense = keras.layers.Dense(units, kernel_initializer=init,
-                                    use_bias=self.use_bias and not self.use_bn, name='dense')
+    self.dense = keras.layers.Dense(units, kernel_initializer=init, use_bias=self.use_bias and not self.use_bn,
+                                    trainable=self.trainable, name='dense')  # frozen before being built: stay so
 
   def call(self, inputs, training=None):
     if inputs.shape.rank != 2:

@@ -188,7 +188,8 @@ class SE_Layer(keras.layers.Layer):  # pylint: disable=invalid-name
 
   def build(self, input_shape):
     self.se_expand = keras.layers.Conv2D(input_shape[-1], kernel_size=1, use_bias=True,
-                                         kernel_initializer=_conv_initializer())
+                                         kernel_initializer=_conv_initializer(),
+                                         trainable=self.trainable)  # frozen before it was built: stay so
 
   def call(self, inputs, training=None):
     se_tensor = tf.reduce_mean(inputs, [1, 2], keepdims=True)

@@ -99,7 +99,7 @@ def test_linear_eval_mode_trains_a_head_on_the_frozen_encoder(pretrained, shapes
   eval_dir = str(tmp_path / 'linear_eval')
   result = run_py(f'--data_dir={shapes_data_dir}', f'--model_dir={eval_dir}', '--train_mode=linear_eval',
                   f'--checkpoint={os.path.join(model_dir, "saved_model", "4")}', '--train_steps=4',
-                  '--optimizer=momentum', '--learning_rate=0.1', '--weight_decay=0', *TINY)
+                  '--optimizer=momentum', '--learning_rate=0.1', '--weight_decay=1e-3', *TINY)  # decay: frozen is frozen
   assert 'Linear evaluation (test): top-1' in result.stdout
   pretrained_net, evaluated_net = tiny_model(), tiny_model('linear_eval')
   tf.train.Checkpoint(model=pretrained_net).read(os.path.join(model_dir, 'ckpt-4')).expect_partial()
