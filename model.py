@@ -19,8 +19,8 @@ TRAIN_MODES = ('pretrain', 'finetune', 'linear_eval', 'distill')
 PROJ_HEAD_MODES = ('none', 'linear', 'nonlinear')
 OPTIMIZERS = ('lars', 'momentum', 'adam')
 LR_SCALINGS = ('linear', 'sqrt')
-# Keras dtype policies. Mixed ones compute in 16 bits and keep float32 variables; BatchNorm, NT-Xent and
-# softmax stay in float32 (they cast their inputs), and every model output is float32.
+# Keras dtype policies. Mixed ones compute in 16 bits and keep float32 variables; BatchNorm statistics, NT-Xent
+# and softmax are float32, and every model output is float32.
 PRECISIONS = ('float32', 'mixed_bfloat16', 'mixed_float16')
 
 # Weight decay and LARS adaptation exclusions, matched against Keras variable paths. This is the only place

@@ -72,7 +72,8 @@ class BatchNormalization(keras.layers.BatchNormalization):
   def call(self, inputs, training=None, mask=None):
     if self.synchronized or getattr(self, 'renorm', False) or mask is not None or len(inputs.shape) != 4 or self.axis not in (-1, 3):
       return super().call(inputs, training=training, mask=mask)
-    x = tf.cast(inputs, tf.float32)
+    # The kernel keeps statistics and scale/offset in float32 for 16-bit inputs: no cast needed around it.
+    x = inputs if inputs.dtype in (tf.bfloat16, tf.float16) else tf.cast(inputs, tf.float32)
     channels = x.shape[-1]
     gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels])
     beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels])
@@ -80,7 +81,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
       outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(x, gamma, beta, epsilon=self.epsilon,
                                                                   is_training=True)
       # The kernel returns the unbiased (n / (n - 1)) variance for moving averages; Keras uses the biased one.
-      n = tf.cast(tf.size(x) // channels, tf.float32)
+      n = tf.cast(tf.size(x) // channels, tf.float32)  # (mean and variance are float32)
       variance = variance * (n - 1.0) / n
       self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
       self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))

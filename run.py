@@ -102,7 +102,7 @@ flags.DEFINE_bool('global_bn', True, 'Aggregate BatchNorm statistics across repl
 flags.DEFINE_float('batch_norm_decay', 0.9, 'BatchNorm moving-average decay.')
 flags.DEFINE_enum('precision', 'float32', list(model_lib.PRECISIONS),
                   'Keras dtype policy. mixed_bfloat16 for TPUs and CPUs with AMX/AVX512-BF16, mixed_float16 '
-                  '(with dynamic loss scaling) for GPUs. BatchNorm, NT-Xent and softmax stay in float32.')
+                  '(with dynamic loss scaling) for GPUs. BatchNorm statistics, NT-Xent and softmax stay float32.')
 flags.DEFINE_bool('jit_compile', False, 'Compile the train step with XLA (off by default: slower on CPU).')
 flags.DEFINE_enum('proj_head_mode', 'nonlinear', list(model_lib.PROJ_HEAD_MODES), 'Projection head.')
 flags.DEFINE_integer('proj_out_dim', 128, 'Projection output dimension.')
@@ -374,8 +374,8 @@ def load_teacher(cfg, strategy, source):
     saved = json.load(f)
   fields = {field.name for field in dataclasses.fields(Config)}
   teacher_cfg = Config.defaults(**{k: v for k, v in saved.items() if k in fields})
-  if teacher_cfg.train_mode == 'pretrain':
-    raise UsageError(f'--teacher={path} is a pretraining run: distill from a fine-tuned model.')
+  if teacher_cfg.train_mode == 'pretrain' and not teacher_cfg.lineareval_while_pretraining:
+    raise UsageError(f'--teacher={path} has no classifier (logits_sup): distill from a fine-tuned model.')
   checkpoint = tf.train.latest_checkpoint(path) if tf.io.gfile.isdir(path) else path
   with strategy.scope():
     teacher = build_model(teacher_cfg, max(source.num_classes, 1), strategy.num_replicas_in_sync)

@@ -151,3 +151,18 @@ def test_fused_batchnorm_computes_what_keras_batchnorm_computes(center, scale):
   np.testing.assert_allclose(ours.moving_variance.numpy(), reference.moving_variance.numpy(), rtol=1e-5)
   np.testing.assert_allclose(ours(x, training=False).numpy(), reference(x, training=False).numpy(), rtol=1e-4,
                              atol=1e-5)
+
+
+def test_fused_batchnorm_on_bfloat16_keeps_float32_statistics():
+  """Under mixed_bfloat16 the fused kernel takes bf16 activations directly and keeps statistics in float32:
+  same moving statistics as Keras' layer (which casts to float32) to float32 precision of the bf16 inputs,
+  outputs within bf16 rounding (2^-8 relative)."""
+  x = tf.cast(tf.random.normal([16, 6, 6, 8]) * 3 + 1, tf.bfloat16)
+  ours = resnet.BatchNormalization(momentum=0.9, epsilon=1e-5, dtype='mixed_bfloat16')
+  reference = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, dtype='mixed_bfloat16')
+  y_ours, y_ref = ours(x, training=True), reference(x, training=True)
+  assert y_ours.dtype == tf.bfloat16 and ours.moving_mean.dtype == 'float32'
+  np.testing.assert_allclose(ours.moving_mean.numpy(), reference.moving_mean.numpy(), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(ours.moving_variance.numpy(), reference.moving_variance.numpy(), rtol=1e-4)
+  np.testing.assert_allclose(tf.cast(y_ours, tf.float32).numpy(), tf.cast(y_ref, tf.float32).numpy(),
+                             rtol=2e-2, atol=2e-2)
