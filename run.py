@@ -713,17 +713,24 @@ def embedding_plot(cfg, strategy, source):
   return embed_plot_lib.save_embedding_plot(os.path.join(cfg.model_dir, 'embedding.png'), panels)
 
 
+def restore_for_eval(model, path):
+  """Restores the model of a training checkpoint `<model_dir>/ckpt-<step>`; returns that global step.
+
+  `train` names every checkpoint by the optimizer's iteration count, so the name is the step whatever the
+  optimizer's structure (under mixed_float16 the counter sits inside the loss-scale optimizer).
+  """
+  tf.train.Checkpoint(model=model).read(path).expect_partial()
+  return int(os.path.basename(path).rsplit('-', 1)[1])
+
+
 def eval_checkpoints(cfg, strategy, source, chief):
   """--mode=eval: evaluates each checkpoint of model_dir as it appears, until --eval_timeout passes idle."""
   with strategy.scope():
     model = build_model(cfg, max(source.num_classes, 1), strategy.num_replicas_in_sync)
-  step = tf.Variable(0, dtype=tf.int64)
   last_step = final_step(cfg, source)
   result = None
   for path in tf.train.checkpoints_iterator(cfg.model_dir, min_interval_secs=1, timeout=cfg.eval_timeout):
-    optimizer_step = tf.train.Checkpoint(_iterations=step)  # the global step inside the optimizer
-    tf.train.Checkpoint(model=model, optimizer=optimizer_step).read(path).expect_partial()
-    result = evaluate(cfg, strategy, source, model, int(step.numpy()), chief)
+    result = evaluate(cfg, strategy, source, model, restore_for_eval(model, path), chief)
     if result['global_step'] >= last_step:
       break
   return result

@@ -246,6 +246,22 @@ def test_recipes_name_real_flags_with_valid_values(path):
   run.validate(cfg, num_replicas=8)
 
 
+@pytest.mark.parametrize('precision', ['float32', 'mixed_float16'])
+def test_restore_for_eval_reads_the_global_step(tmp_path, precision):
+  """The step of a checkpoint as train() writes it, also under mixed_float16 where the optimizer's counter
+  sits inside the loss-scale optimizer (reading it by variable path gave 0 there)."""
+  cfg = config(train_mode='finetune', precision=precision, train_steps=10, warmup_epochs=0, image_size=16)
+  model, optimizer, _ = run.build_training(cfg, tf.distribute.get_strategy(), num_classes=3, num_examples=100)
+  optimizer.iterations.assign(7)
+  model.supervised_head.trainable_variables[0].assign(tf.ones_like(model.supervised_head.trainable_variables[0]))
+  manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model, optimizer=optimizer), str(tmp_path),
+                                       max_to_keep=1, checkpoint_name='ckpt', step_counter=optimizer.iterations)
+  path = manager.save(checkpoint_number=int(optimizer.iterations.numpy()))  # as train() saves
+  restored = run.build_model(cfg, 3)
+  assert run.restore_for_eval(restored, path) == 7
+  np.testing.assert_array_equal(restored.supervised_head.trainable_variables[0].numpy(), 1.0)
+
+
 def config(**overrides):
   defaults = {field.name: run.FLAGS[field.name].default for field in dataclasses.fields(run.Config)}
   return run.Config(**{**defaults, **overrides})
