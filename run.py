@@ -663,8 +663,11 @@ def evaluate(cfg, strategy, source, model, step, chief, extra=None):
   return result
 
 
-def frozen_features(cfg, source, net, split, max_examples=None):
-  """(`final_avg_pool` features, labels) of `split` through `net` in inference mode, eval preprocessing."""
+def frozen_features(cfg, source, net, train):
+  """(`final_avg_pool` features, labels) through `net` in inference mode, eval preprocessing: of the train split
+  (at most --linear_eval_max_examples) when `train`, else of the eval split (--eval_steps batches, or all)."""
+  split = cfg.train_split if train else cfg.eval_split
+  max_examples = cfg.linear_eval_max_examples if train else cfg.eval_steps * cfg.eval_batch_size or None
   dataset = data_lib.build_dataset(source, split, cfg.eval_batch_size, is_training=False,
                                    image_size=cfg.image_size, cache=cfg.cache_dataset)
   return linear_eval_lib.extract_features(net, dataset, max_examples=max_examples)
@@ -673,22 +676,19 @@ def frozen_features(cfg, source, net, split, max_examples=None):
 def knn_monitor(cfg, source, model):
   """Weighted-kNN top-1 on --eval_split with train features as the bank: a label-free training signal."""
   return linear_eval_lib.knn_eval(
-      *frozen_features(cfg, source, model, cfg.train_split, cfg.linear_eval_max_examples),
-      *frozen_features(cfg, source, model, cfg.eval_split, cfg.eval_steps * cfg.eval_batch_size or None),
+      *frozen_features(cfg, source, model, train=True), *frozen_features(cfg, source, model, train=False),
       num_classes=source.num_classes, k=cfg.knn_k, temperature=cfg.knn_temperature)['top_1_accuracy']
 
 
 def frozen_linear_eval(cfg, strategy, source, model):
   """Logistic regression on frozen `final_avg_pool` features of the pretrained and of a random encoder."""
-  features = lambda net, split, max_examples=None: frozen_features(cfg, source, net, split, max_examples)
   with strategy.scope():
     random_model = build_model(cfg, max(source.num_classes, 1), strategy.num_replicas_in_sync)
   result = {}
   for name, net in (('', model), ('random_init_', random_model)):
     start = time.perf_counter()
     outcome = linear_eval_lib.linear_eval(
-        *features(net, cfg.train_split, cfg.linear_eval_max_examples),
-        *features(net, cfg.eval_split, cfg.eval_steps * cfg.eval_batch_size or None),
+        *frozen_features(cfg, source, net, train=True), *frozen_features(cfg, source, net, train=False),
         num_classes=source.num_classes)
     result[f'linear_eval/{name}top_1_accuracy'] = outcome['top_1_accuracy']
     logging.info('Linear evaluation (%s): %s in %.0f s', name.rstrip('_') or 'pretrained', outcome,
@@ -707,8 +707,7 @@ def embedding_plot(cfg, strategy, source):
     tf.train.Checkpoint(model=trained).read(latest).expect_partial()
   else:
     restore_for_finetuning(trained, cfg.checkpoint)
-  max_examples = cfg.eval_steps * cfg.eval_batch_size or None
-  panels = [frozen_features(cfg, source, net, cfg.eval_split, max_examples) for net in (random_model, trained)]
+  panels = [frozen_features(cfg, source, net, train=False) for net in (random_model, trained)]
   tf.io.gfile.makedirs(cfg.model_dir)
   return embed_plot_lib.save_embedding_plot(os.path.join(cfg.model_dir, 'embedding.png'), panels)
 
