@@ -89,10 +89,7 @@ def bench_train(args):
   images = tf.constant(rng.uniform(size=(args.train_batch_size, args.image_size, args.image_size, 6)),
                        tf.float32)
   labels = tf.one_hot(rng.integers(0, 10, args.train_batch_size), 10)
-  per_replica = args.train_batch_size // strategy.num_replicas_in_sync
-  shard = lambda x: strategy.experimental_distribute_values_from_function(
-      lambda ctx: x[ctx.replica_id_in_sync_group * per_replica:(ctx.replica_id_in_sync_group + 1) * per_replica])
-  images, labels = shard(images), shard(labels)
+  images, labels = run.data_lib.split_batch(strategy, images), run.data_lib.split_batch(strategy, labels)
   compiled = tf.function(
       lambda: strategy.reduce('MEAN', strategy.run(step, args=(images, labels))['train/total_loss'], axis=None))
   rate = _steady_state_rate(lambda: compiled().numpy(), args.train_batch_size, args.seconds, warmup_batches=3)

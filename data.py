@@ -361,3 +361,11 @@ def build_distributed_dataset(strategy, global_batch_size, source, split, **kwar
     return build_dataset(source, split, per_replica, input_context=input_context, **kwargs)
 
   return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def split_batch(strategy, batch):
+  """An in-memory global batch as per-replica values: replica i gets the i-th contiguous slice (benchmarks and
+  tests feed `strategy.run` this way, the same split `build_distributed_dataset` makes)."""
+  per_replica = int(batch.shape[0]) // strategy.num_replicas_in_sync
+  return strategy.experimental_distribute_values_from_function(
+      lambda ctx: batch[ctx.replica_id_in_sync_group * per_replica:(ctx.replica_id_in_sync_group + 1) * per_replica])

@@ -179,3 +179,9 @@ def test_keep_ids_selects_examples_before_decoding_them(folder, shapes_data_dir)
       assert ex['label'] == full[ex['id']]['label']
     light = source.read('train', decode_images=False, keep_ids=keep).as_numpy_iterator()
     assert {ex['id'] for ex in light} == set(keep)
+
+
+def test_split_batch_gives_each_replica_its_contiguous_slice(two_replica_strategy):
+  batch = tf.reshape(tf.range(12), [6, 2])
+  parts = two_replica_strategy.experimental_local_results(data.split_batch(two_replica_strategy, batch))
+  assert [p.numpy().tolist() for p in parts] == [batch[:3].numpy().tolist(), batch[3:].numpy().tolist()]

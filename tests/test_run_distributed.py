@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import data as data_lib
 import run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,16 +53,13 @@ def one_step(cfg, strategy, initial_weights, images, labels):
 
   optimizer.apply_gradients = capturing_apply_gradients
   step = run.make_train_step(cfg, model, optimizer, strategy)
-  per_replica = BATCH // strategy.num_replicas_in_sync
-  shard = lambda x: strategy.experimental_distribute_values_from_function(
-      lambda ctx: x[ctx.replica_id_in_sync_group * per_replica:(ctx.replica_id_in_sync_group + 1) * per_replica])
 
   @tf.function
   def distributed_step(images, labels):
     values = strategy.run(step, args=(images, labels))
     return {name: strategy.reduce('MEAN', value, axis=None) for name, value in values.items()}
 
-  values = distributed_step(shard(images), shard(labels))
+  values = distributed_step(data_lib.split_batch(strategy, images), data_lib.split_batch(strategy, labels))
   return ({k: float(v) for k, v in values.items()}, [c.numpy() for c in captured],
           [(v.path, v.numpy()) for v in model.weights])
 
@@ -228,7 +226,6 @@ def test_train_step_compiles_with_xla_and_matches(batch_and_weights, one_replica
 
 def test_training_batches_have_static_shapes(shapes_data_dir):
   """TPUs need every training batch full and its shape known when the step is compiled."""
-  import data as data_lib  # pylint: disable=g-import-not-at-top
   source = data_lib.load_source(data_lib.EMBEDDED_DATASET, shapes_data_dir)
   for train_mode, channels in (('pretrain', 6), ('finetune', 3)):
     dataset = data_lib.build_dataset(source, 'train', 24, is_training=True, train_mode=train_mode, image_size=16)
