@@ -326,9 +326,8 @@ def build_dataset(source, split, batch_size, is_training, train_mode='pretrain',
   def photometric(images):
     if not pretrain:
       return images
-    views = data_util.random_photometric(images, color_distort=True,
-                                         color_jitter_strength=color_jitter_strength, blur=use_blur)
-    return data_util.stack_views(views, 2)
+    return data_util.random_photometric(images, color_distort=True, color_jitter_strength=color_jitter_strength,
+                                        blur=use_blur, num_views=2)
 
   if source.image_shape is not None:  # same-size images: augment whole batches at once
     ds = ds.batch(batch_size, drop_remainder=is_training)

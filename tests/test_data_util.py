@@ -68,21 +68,52 @@ def test_color_jitter_probability_and_range():
 
 
 def test_color_jitter_applies_each_op_once_in_random_order():
-  # With only brightness non-trivial (strength affects all; isolate by comparing with the per-op kernels):
-  # the per-image saturation/hue kernels equal tf.image's on each image.
-  images = tf.random.uniform([6, 5, 5, 3])
-  factors = tf.constant([0.2, 0.5, 1.0, 1.5, 1.8, 0.9])
-  deltas = tf.constant([-0.2, -0.1, 0.0, 0.05, 0.1, 0.2])
-  sat = data_util._adjust_saturation(images, factors).numpy()
-  hue = data_util._adjust_hue(images, deltas).numpy()
-  for i in range(6):
-    np.testing.assert_allclose(sat[i], tf.image.adjust_saturation(images[i], factors[i]).numpy(), atol=1e-6)
-    np.testing.assert_allclose(hue[i], tf.image.adjust_hue(images[i], deltas[i]).numpy(), atol=1e-6)
+  # The closed-form saturation and hue equal tf.image's HSV kernels (the authors' ops) on each image,
+  # including gray pixels, black, saturation clipping and hue wrap-around.
+  images = tf.concat([tf.random.uniform([6, 5, 5, 3]), tf.zeros([1, 5, 5, 3]), tf.fill([1, 5, 5, 3], 0.5)], 0)
+  factors = [0.0, 0.2, 0.5, 1.0, 1.5, 1.8, 3.0, 1.3]
+  deltas = [-0.5, -0.2, -0.1, 0.0, 0.05, 0.1, 0.2, 0.5]
+  planes = lambda image: tf.transpose(image, [2, 0, 1])
+  for i in range(8):
+    sat = tf.transpose(data_util.adjust_saturation(planes(images[i]), factors[i]), [1, 2, 0])
+    hue = tf.transpose(data_util.adjust_hue(planes(images[i]), deltas[i]), [1, 2, 0])
+    np.testing.assert_allclose(sat, tf.image.adjust_saturation(images[i], factors[i]), atol=2e-6)
+    np.testing.assert_allclose(hue, tf.image.adjust_hue(images[i], deltas[i]), atol=2e-6)
   # Orders are per image: with two ops that do not commute under clipping (brightness x1.8 then contrast,
   # or contrast then brightness), a batch of identical images yields more than two distinct results.
   same = tf.constant(np.tile(np.linspace(0.1, 0.9, 25, dtype=np.float32).reshape(1, 5, 5, 1), (200, 1, 1, 3)))
   out = data_util.color_jitter(same, strength=1.0, p=1.0).numpy()
   assert len({np.round(o, 4).tobytes() for o in out}) > 150
+
+
+def _reference_distortion(image, op_ids, factors, gray):
+  """The authors' per-image colour distortion with given parameters, from tf.image's ops."""
+  ops = [lambda x: x * factors[0], lambda x: tf.image.adjust_contrast(x, factors[1]),
+         lambda x: tf.image.adjust_saturation(x, factors[2]), lambda x: tf.image.adjust_hue(x, factors[3])]
+  for op_id in op_ids:
+    if op_id < 4:
+      image = tf.clip_by_value(ops[op_id](image), 0.0, 1.0)
+  return tf.tile(tf.image.rgb_to_grayscale(image), [1, 1, 3]) if gray else image
+
+
+@pytest.mark.parametrize('jit_compile', [True, False])
+def test_color_distortion_equals_tf_image_ops_in_each_images_order(jit_compile):
+  rng = np.random.default_rng(3)
+  n = 12
+  images = tf.constant(rng.uniform(size=(n, 9, 7, 3)).astype(np.float32))
+  op_ids = np.stack([rng.permutation(4) for _ in range(n)]).astype(np.int32)
+  op_ids[:3] = data_util.NO_OP  # not jittered
+  factors = np.stack([rng.uniform(0.2, 1.8, n), rng.uniform(0.2, 1.8, n), rng.uniform(0.2, 1.8, n),
+                      rng.uniform(-0.2, 0.2, n)], axis=1).astype(np.float32)
+  gray = rng.uniform(size=n) < 0.3
+  distort = data_util._distort_xla if jit_compile else data_util._distort
+  out = distort(images, tf.constant(op_ids), tf.constant(factors), tf.constant(gray), 1).numpy()
+  for i in range(n):
+    np.testing.assert_allclose(out[i], _reference_distortion(images[i], op_ids[i], factors[i], gray[i]),
+                               atol=1e-5)
+  # Two views per image come out stacked on channels, each distorted with its own parameters.
+  stacked = distort(images, tf.constant(op_ids), tf.constant(factors), tf.constant(gray), 2).numpy()
+  np.testing.assert_allclose(stacked, data_util.stack_views(out, 2), atol=1e-6)
 
 
 def test_grayscale_probability():
