@@ -2,6 +2,7 @@
 
   python benchmark.py input --image_size=224 --source_size=256 --batch_size=128 --use_blur=True --seconds=20
   python benchmark.py train --resnet_depth=18 --image_size=32 --train_batch_size=128 --use_blur=False --seconds=40
+  python benchmark.py peak
 
 `input` times the pretraining input pipeline (two augmented views per image, as `data.py` builds it for
 same-size images) on in-memory random uint8 images, so no disk I/O or decoding is measured. The last line
@@ -11,7 +12,12 @@ printed is `images_per_sec: N` (source images per second, each with its two view
 linear head; `run.make_train_step`) on one synthetic in-memory batch, so no input pipeline is measured.
 `--replicas=N` splits the batch over N logical CPU devices with MirroredStrategy (synchronized BatchNorm,
 negatives gathered across replicas), so the cost of synchronization shows; `--precision` and `--jit_compile`
-are run.py's flags. It also prints the process's peak resident memory.
+are run.py's flags. It also prints the process's peak resident memory and the convolution arithmetic it
+achieved (forward and backward convolutions of the encoder, counted from the layers' shapes).
+
+`peak` measures what the machine can do at all: a 4096 x 4096 matrix product in float32 and bfloat16, in
+GFLOP/s. A training step whose convolutions already run near the float32 figure cannot get faster at
+identical numerics; only fewer operations or a cheaper number format can.
 """
 
 import argparse
@@ -63,6 +69,29 @@ def bench_input(args):
   print(f'images_per_sec: {rate:.0f}')
 
 
+def conv_gflops_per_step(model, images):
+  """Forward + backward convolution GFLOPs of one step on `images`: 2 x MACs of each Conv2D in the traced
+  forward graph, three times over (forward, input gradient, kernel gradient; none for the image's gradient)."""
+  graph = tf.function(lambda x: model(x, training=True)).get_concrete_function(
+      tf.TensorSpec(images.shape, images.dtype)).graph
+  total = 0.0
+  for op in graph.get_operations():
+    if op.type == 'Conv2D':
+      kh, kw, cin, _ = op.inputs[1].shape
+      forward = 2.0 * np.prod(op.outputs[0].shape) * kh * kw * cin
+      total += forward * (2 if cin == 3 else 3)  # the stem (3 input channels) has no input gradient
+  return total / 1e9
+
+
+def bench_peak(args):
+  del args
+  for dtype in (tf.float32, tf.bfloat16):
+    a = tf.cast(tf.random.uniform([4096, 4096]), dtype)
+    product = tf.function(lambda a=a: tf.reduce_sum(tf.cast(tf.matmul(a, a)[0, :1], tf.float32)))
+    rate = _steady_state_rate(lambda: product().numpy(), 2 * 4096 ** 3 / 1e9, 10.0, warmup_batches=2)
+    print(f'matmul_gflops_per_sec_{dtype.name}: {rate:.0f}')
+
+
 def bench_train(args):
   if args.replicas > 1:  # before TensorFlow initialises its devices
     cpu = tf.config.list_physical_devices('CPU')[0]
@@ -89,6 +118,7 @@ def bench_train(args):
   images = tf.constant(rng.uniform(size=(args.train_batch_size, args.image_size, args.image_size, 6)),
                        tf.float32)
   labels = tf.one_hot(rng.integers(0, 10, args.train_batch_size), 10)
+  batch = images
   images, labels = run.data_lib.split_batch(strategy, images), run.data_lib.split_batch(strategy, labels)
   compiled = tf.function(
       lambda: strategy.reduce('MEAN', strategy.run(step, args=(images, labels))['train/total_loss'], axis=None))
@@ -98,6 +128,9 @@ def bench_train(args):
         f'replicas={args.replicas} precision={args.precision} jit_compile={args.jit_compile} '
         f'seconds={args.seconds}')
   print(f'peak_rss_mb: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}')
+  if args.replicas == 1:
+    gflops = conv_gflops_per_step(model, batch)
+    print(f'conv_gflops_per_step: {gflops:.0f}  conv_gflops_per_sec: {gflops * rate / args.train_batch_size:.0f}')
   print(f'images_per_sec: {rate:.1f}')
 
 
@@ -124,8 +157,11 @@ def main():
   tr.add_argument('--precision', default='float32', choices=model_lib.PRECISIONS)
   tr.add_argument('--jit_compile', type=_bool, default=False, help='compile the step with XLA')
   tr.add_argument('--seconds', type=float, default=40.0)
+  commands.add_parser('peak', help='float32 and bfloat16 matrix-product GFLOP/s of this machine')
   args = parser.parse_args()
-  if args.command == 'input':
+  if args.command == 'peak':
+    bench_peak(args)
+  elif args.command == 'input':
     args.source_size = args.source_size or args.image_size
     bench_input(args)
   else:
