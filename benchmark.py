@@ -13,7 +13,7 @@ linear head; `run.make_train_step`) on one synthetic in-memory batch, so no inpu
 `--replicas=N` splits the batch over N logical CPU devices with MirroredStrategy (synchronized BatchNorm,
 negatives gathered across replicas), so the cost of synchronization shows; `--precision` and `--jit_compile`
 are run.py's flags. It also prints the process's peak resident memory and the convolution arithmetic it
-achieved (forward and backward convolutions of the encoder, counted from the layers' shapes).
+achieved (forward and backward convolutions of the encoder, counted from the traced graph's Conv2D ops).
 
 `peak` measures what the machine can do at all: a 4096 x 4096 matrix product in float32 and bfloat16, in
 GFLOP/s. A training step whose convolutions already run near the float32 figure cannot get faster at
@@ -118,10 +118,9 @@ def bench_train(args):
   images = tf.constant(rng.uniform(size=(args.train_batch_size, args.image_size, args.image_size, 6)),
                        tf.float32)
   labels = tf.one_hot(rng.integers(0, 10, args.train_batch_size), 10)
-  batch = images
-  images, labels = run.data_lib.split_batch(strategy, images), run.data_lib.split_batch(strategy, labels)
+  replica_batch = run.data_lib.split_batch(strategy, images), run.data_lib.split_batch(strategy, labels)
   compiled = tf.function(
-      lambda: strategy.reduce('MEAN', strategy.run(step, args=(images, labels))['train/total_loss'], axis=None))
+      lambda: strategy.reduce('MEAN', strategy.run(step, args=replica_batch)['train/total_loss'], axis=None))
   rate = _steady_state_rate(lambda: compiled().numpy(), args.train_batch_size, args.seconds, warmup_batches=3)
   print(f'train: resnet_depth={args.resnet_depth} width_multiplier={args.width_multiplier} '
         f'image_size={args.image_size} train_batch_size={args.train_batch_size} global_bn={cfg.global_bn} '
@@ -129,7 +128,7 @@ def bench_train(args):
         f'seconds={args.seconds}')
   print(f'peak_rss_mb: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}')
   if args.replicas == 1:
-    gflops = conv_gflops_per_step(model, batch)
+    gflops = conv_gflops_per_step(model, images)
     print(f'conv_gflops_per_step: {gflops:.0f}  conv_gflops_per_sec: {gflops * rate / args.train_batch_size:.0f}')
   print(f'images_per_sec: {rate:.1f}')
 

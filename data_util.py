@@ -191,9 +191,8 @@ def to_grayscale(planes):
 NO_OP = 4  # op id of "no jitter at this position"
 
 
-def _distort_one(args):
+def _distort_one(image, op_ids, factors, gray):
   """One image: its 4 jitter ops in its own order (op ids, NO_OP = skip), clipped after each; grayscale."""
-  image, op_ids, factors, gray = args
   planes = tf.transpose(image, [2, 0, 1])
   for position in range(4):
     branches = [lambda: adjust_brightness(planes, factors[0]), lambda: adjust_contrast(planes, factors[1]),
@@ -210,7 +209,7 @@ def _distort(images, op_ids, factors, gray, num_views=1):
   n = tf.shape(images)[0] // num_views
 
   def one(i):
-    views = [_distort_one((images[j], op_ids[j], factors[j], gray[j]))
+    views = [_distort_one(images[j], op_ids[j], factors[j], gray[j])
              for j in (v * n + i for v in range(num_views))]
     return tf.concat(views, axis=-1)
 
