@@ -3,10 +3,23 @@
   python benchmark.py input --image_size=224 --source_size=256 --batch_size=128 --use_blur=True --seconds=20
   python benchmark.py train --resnet_depth=18 --image_size=32 --train_batch_size=128 --use_blur=False --seconds=40
   python benchmark.py peak
+  python benchmark.py make_folder --out=/tmp/jpegs --num_images=10000 --min_size=256 --max_size=320
+  python benchmark.py input --dataset=/tmp/jpegs --image_size=224 --batch_size=128 --seconds=20
 
 `input` times the pretraining input pipeline (two augmented views per image, as `data.py` builds it for
 same-size images) on in-memory random uint8 images, so no disk I/O or decoding is measured. The last line
 printed is `images_per_sec: N` (source images per second, each with its two views).
+
+`input --dataset=<folder>` (or any `--dataset` of run.py) times the whole training input path instead:
+`data.load_source` (for a folder: the scan and image check, cached after the first start) and
+`data.build_dataset(..., is_training=True)` reading, decoding (JPEGs only their crop windows) and augmenting
+the files. It prints the seconds to `load_source` and to the first batch -- run it twice to see the first
+and the second start (a new `--cache_dir` makes a first start again) -- then `images_per_sec: N` in the
+steady state.
+
+`make_folder` writes a folder of JPEGs `<out>/train/<class>/<i>.jpg` of random sides in [min_size, max_size]
+(smooth gradients, waves, shapes and noise: ~30-40 KB at 256-320 px, like photographs rather than flat
+colour or pure noise), deterministic for `--seed`.
 
 `train` times the steady-state pretraining step of run.py (same model, NT-Xent, LARS, weight decay, online
 linear head; `run.make_train_step`) on one synthetic in-memory batch, so no input pipeline is measured.
@@ -21,15 +34,19 @@ identical numerics; only fewer operations or a cheaper number format can.
 """
 
 import argparse
+import math
 import os
 import resource
+import sys
 import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+from absl import logging  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
+import data  # pylint: disable=g-import-not-at-top
 import data_util  # pylint: disable=g-import-not-at-top
 import model as model_lib  # pylint: disable=g-import-not-at-top
 
@@ -67,6 +84,81 @@ def bench_input(args):
   print(f'input: image_size={args.image_size} source_size={args.source_size} batch_size={args.batch_size} '
         f'use_blur={args.use_blur} seconds={args.seconds}')
   print(f'images_per_sec: {rate:.0f}')
+
+
+def bench_dataset_input(args):
+  """The training input path from the files on: load_source (scan, check or cache), read, decode, augment."""
+  logging.set_verbosity(logging.INFO)  # load_source says how many files it checked and took from the cache
+  start = time.perf_counter()
+  source = data.load_source(args.dataset, args.data_dir, cache_dir=args.cache_dir)
+  loaded = time.perf_counter() - start
+  dataset = data.build_dataset(source, args.split, args.batch_size, is_training=True, train_mode=args.train_mode,
+                               image_size=args.image_size, color_jitter_strength=args.color_jitter_strength,
+                               use_blur=args.use_blur)
+  iterator = iter(dataset)
+  next(iterator)
+  first = time.perf_counter() - start
+  rate = _steady_state_rate(lambda: next(iterator), args.batch_size, args.seconds, warmup_batches=5)
+  print(f'input: dataset={args.dataset} split={args.split} train_mode={args.train_mode} '
+        f'image_size={args.image_size} batch_size={args.batch_size} use_blur={args.use_blur} seconds={args.seconds}')
+  print(f'load_source_sec: {loaded:.2f}  first_batch_sec: {first:.2f}')
+  print(f'images_per_sec: {rate:.0f}')
+
+
+def textured_image(rng, height, width, noise=6.0):
+  """A uint8 `[height, width, 3]` image: a colour gradient, low-frequency waves, filled shaded ellipses and
+  rectangles, and Gaussian noise -- so JPEG files come out the size of photographs' (neither flat colour's
+  nor pure noise's)."""
+  y = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None]
+  x = np.linspace(0.0, 1.0, width, dtype=np.float32)[None, :]
+  angle = rng.uniform(0, 2 * math.pi)
+  ramp = x * math.cos(angle) + y * math.sin(angle)
+  ramp = (ramp - ramp.min()) / (ramp.max() - ramp.min())
+  low, high = rng.uniform(0, 255, (2, 3)).astype(np.float32)
+  image = low + (high - low) * ramp[..., None]
+  for _ in range(rng.integers(2, 5)):
+    fy, fx = rng.uniform(-10, 10, 2)
+    wave = np.sin(2 * math.pi * (fx * x + fy * y) + rng.uniform(0, 2 * math.pi))
+    image += wave[..., None] * rng.uniform(-20, 20, 3).astype(np.float32)
+  for _ in range(rng.integers(3, 9)):
+    cy, cx = rng.uniform(0, 1, 2)
+    ry, rx = rng.uniform(0.04, 0.3, 2)
+    if rng.random() < 0.5:
+      inside = ((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2 < 1
+    else:
+      inside = (np.abs(y - cy) < ry) & (np.abs(x - cx) < rx)
+    shade = 1.0 + rng.uniform(-0.5, 0.5) * (x - cx) / rx
+    image = np.where(inside[..., None], rng.uniform(0, 255, 3).astype(np.float32) * shade[..., None], image)
+  image += rng.normal(0.0, noise, image.shape).astype(np.float32)
+  return np.clip(np.round(image), 0, 255).astype(np.uint8)
+
+
+def make_folder(out, num_images, min_size=256, max_size=320, classes=10, seed=0, quality=95):
+  """Writes `<out>/train/<class>/<i>.jpg`, image i of class i mod `classes`, height and width uniform in
+  [min_size, max_size]; the same bytes for the same arguments. Returns the total bytes written."""
+  if min_size < 1 or max_size < min_size or classes < 1:
+    raise data.DataError(f'make_folder needs 1 <= --min_size <= --max_size and --classes >= 1 (got '
+                         f'{min_size}, {max_size}, {classes}).')
+  if os.path.isdir(out) and os.listdir(out):
+    raise data.DataError(f'--out={out} is not empty; make_folder writes a new folder.')
+  total = 0
+  for i in range(num_images):
+    rng = np.random.default_rng([seed, i])  # per image: any image can be remade alone
+    height, width = (int(side) for side in rng.integers(min_size, max_size + 1, 2))
+    contents = tf.io.encode_jpeg(textured_image(rng, height, width), quality=quality).numpy()
+    path = os.path.join(out, 'train', f'class_{i % classes:03d}', f'{i:07d}.jpg')
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, 'wb') as f:
+      f.write(contents)
+    total += len(contents)
+  return total
+
+
+def bench_make_folder(args):
+  total = make_folder(args.out, args.num_images, args.min_size, args.max_size, args.classes, args.seed)
+  print(f'make_folder: out={args.out} num_images={args.num_images} sizes={args.min_size}-{args.max_size} '
+        f'classes={args.classes} seed={args.seed}')
+  print(f'mean_kb: {total / max(args.num_images, 1) / 1024:.1f}  total_mb: {total / 2 ** 20:.1f}')
 
 
 def conv_gflops_per_step(model, images):
@@ -133,10 +225,17 @@ def bench_train(args):
   print(f'images_per_sec: {rate:.1f}')
 
 
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   commands = parser.add_subparsers(dest='command', required=True)
-  inp = commands.add_parser('input', help='the pretraining input pipeline')
+  inp = commands.add_parser('input', help='the pretraining input pipeline (from files with --dataset)')
+  inp.add_argument('--dataset', default=None,
+                   help='time the whole training input path of this --dataset (an image folder, a TFDS name)')
+  inp.add_argument('--data_dir', default=None, help='with --dataset: where TFDS datasets are')
+  inp.add_argument('--split', default='train', help='with --dataset: the split to read')
+  inp.add_argument('--train_mode', default='pretrain', choices=('pretrain', 'finetune'), help='with --dataset')
+  inp.add_argument('--cache_dir', default=None,
+                   help='with --dataset: image-folder cache (default $XDG_CACHE_HOME/simclr_tf2/image_folders)')
   inp.add_argument('--image_size', type=int, default=32)
   inp.add_argument('--source_size', type=int, default=None, help='source image side (default: image_size)')
   inp.add_argument('--batch_size', type=int, default=128)
@@ -157,14 +256,28 @@ def main():
   tr.add_argument('--jit_compile', type=_bool, default=False, help='compile the step with XLA')
   tr.add_argument('--seconds', type=float, default=40.0)
   commands.add_parser('peak', help='float32 and bfloat16 matrix-product GFLOP/s of this machine')
-  args = parser.parse_args()
-  if args.command == 'peak':
-    bench_peak(args)
-  elif args.command == 'input':
-    args.source_size = args.source_size or args.image_size
-    bench_input(args)
-  else:
-    bench_train(args)
+  mk = commands.add_parser('make_folder', help='write a folder of JPEGs of random sizes for `input --dataset`')
+  mk.add_argument('--out', required=True)
+  mk.add_argument('--num_images', type=int, default=10_000)
+  mk.add_argument('--min_size', type=int, default=256)
+  mk.add_argument('--max_size', type=int, default=320)
+  mk.add_argument('--classes', type=int, default=10)
+  mk.add_argument('--seed', type=int, default=0)
+  args = parser.parse_args(argv)
+  try:
+    if args.command == 'peak':
+      bench_peak(args)
+    elif args.command == 'make_folder':
+      bench_make_folder(args)
+    elif args.command == 'input' and args.dataset:
+      bench_dataset_input(args)
+    elif args.command == 'input':
+      args.source_size = args.source_size or args.image_size
+      bench_input(args)
+    else:
+      bench_train(args)
+  except data.DataError as error:
+    sys.exit(f'Error: {error}')
 
 
 if __name__ == '__main__':

@@ -13,9 +13,12 @@ stable across runs (TFDS id or relative path), which is what label-fraction subs
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 import socket
+import tempfile
+import time
 import urllib.parse
 
 from absl import logging
@@ -45,9 +48,11 @@ class Source:
     class_names: label names; index = label id. Empty for fully unlabeled data.
     split_sizes: {split: number of examples}.
     image_shape: `(H, W, 3)` when every image has that size (enables batched cropping), else None.
-    read: `read(split, input_context=None, shuffle_files=False, decode_images=True, keep_ids=None)` ->
-      tf.data.Dataset of examples; with `decode_images=False` they hold only 'label' and 'id' (no image is
-      decoded); with `keep_ids`, only those examples, chosen before any image is decoded.
+    read: `read(split, input_context=None, shuffle_files=False, decode_images=True, keep_ids=None,
+      encoded=False)` -> tf.data.Dataset of examples; with `decode_images=False` they hold only 'label' and
+      'id' (no image is decoded); with `keep_ids`, only those examples, chosen before any image is decoded;
+      with `encoded=True`, the image file's bytes as 'encoded' in place of 'image' (so a JPEG crop can
+      decode only its window).
   """
   name: str
   class_names: tuple
@@ -65,12 +70,15 @@ class Source:
     return self.split_sizes[split]
 
 
-def load_source(dataset, data_dir=None, strict_images=False):
-  """The `Source` for a TFDS name, an image folder, or the embedded dataset."""
+def load_source(dataset, data_dir=None, strict_images=False, cache_dir=None):
+  """The `Source` for a TFDS name, an image folder, or the embedded dataset.
+
+  An image folder's scan and image check are cached in `cache_dir` (default: `default_cache_dir()`).
+  """
   if not dataset:
     raise DataError(f'--dataset is empty: give a TFDS name, {EMBEDDED_DATASET!r}, {FOLDER_HINT}.')
   if os.path.isdir(os.path.expanduser(dataset)):
-    return _folder_source(os.path.expanduser(dataset), strict_images)
+    return _folder_source(os.path.expanduser(dataset), strict_images, cache_dir or default_cache_dir())
   if dataset.startswith(('/', '.', '~')):
     raise DataError(f'Image folder {dataset} does not exist (--dataset is a path).')
   return _tfds_source(dataset, data_dir)
@@ -94,24 +102,25 @@ def _tfds_source(name, data_dir):
   shape = tuple(info.features['image'].shape)
   image_shape = shape if None not in shape else None
 
-  def read(split, input_context=None, shuffle_files=False, decode_images=True, keep_ids=None):
+  def read(split, input_context=None, shuffle_files=False, decode_images=True, keep_ids=None, encoded=False):
     split_info = info.splits[split]
     num_pipelines = input_context.num_input_pipelines if input_context else 1
     by_file = num_pipelines > 1 and split_info.num_shards >= num_pipelines
     read_config = tfds.ReadConfig(add_tfds_id=True, input_context=input_context if by_file else None)
-    encoded = not decode_images or keep_ids is not None
-    decoders = {'image': tfds.decode.SkipDecoding()} if encoded else None
+    skip_decoding = not decode_images or keep_ids is not None or encoded
+    decoders = {'image': tfds.decode.SkipDecoding()} if skip_decoding else None
     ds = builder.as_dataset(split=split, shuffle_files=shuffle_files, read_config=read_config, decoders=decoders)
     if num_pipelines > 1 and not by_file:
       ds = ds.shard(num_pipelines, input_context.input_pipeline_id)
     if keep_ids is not None:
       keep = _id_filter(keep_ids)
       ds = ds.filter(lambda ex: keep(ex['tfds_id']))
-      if decode_images:  # only the kept examples (1% of them for a 1% label fraction)
+      if decode_images and not encoded:  # only the kept examples (1% of them for a 1% label fraction)
         image = info.features['image']
         ds = ds.map(lambda ex: {**ex, 'image': image.decode_example(ex['image'])},
                     num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.map(lambda ex: _tfds_example(ex, image=decode_images), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.map(lambda ex: _tfds_example(ex, image=decode_images, encoded=encoded),
+                  num_parallel_calls=tf.data.AUTOTUNE)
 
   split_sizes = {split: info.splits[split].num_examples for split in info.splits}
   return Source(name, class_names, split_sizes, image_shape, read)
@@ -125,16 +134,17 @@ def _id_filter(keep_ids):
   return lambda example_id: table.lookup(example_id) > 0
 
 
-def _tfds_example(example, image=True):
+def _tfds_example(example, image=True, encoded=False):
   label = tf.cast(example.get('label', tf.constant(-1, tf.int64)), tf.int64)
   result = {'label': label, 'id': example['tfds_id']}
-  if image:
+  if image and encoded:
+    result['encoded'] = example['image']
+  elif image:
     pixels = example['image']
     if pixels.shape[-1] == 1:
       pixels = tf.image.grayscale_to_rgb(pixels)
     result['image'] = pixels[..., :3]
   return result
-
 
 
 def _prepare(builder, name, data_dir):
@@ -171,68 +181,166 @@ def _unreachable_host(builder, timeout=5.0):
 # ----------------------------------------------------------------------------------------------- folders
 
 
-def _list_split(root, split):
-  """[(relative path, class name or None)] of a split folder; class folders must not be empty."""
+CACHE_VERSION = 1  # of the cache file's layout and of what a verdict means (tf.io.decode_image, 3 channels)
+# A file modified this close to (or after) the scan that checked it keeps no cached verdict: rewritten within
+# the filesystem's timestamp granularity at the same size, it would otherwise look unchanged.
+RACY_NS = 2_000_000_000
+
+
+def default_cache_dir():
+  """Where image-folder indexes live: `$XDG_CACHE_HOME/simclr_tf2/image_folders` (default ~/.cache/...)."""
+  base = os.environ.get('XDG_CACHE_HOME', '')
+  if not os.path.isabs(base):  # the XDG spec says relative paths are to be ignored
+    base = os.path.join(os.path.expanduser('~'), '.cache')
+  return os.path.join(base, 'simclr_tf2', 'image_folders')
+
+
+def _stamp(entry):
+  """(size, mtime_ns) of a directory entry: what says a file changed. (-1, -1) when it cannot be stat'ed
+  (e.g. a broken link), which the check then finds unreadable."""
+  try:
+    stat = entry.stat()
+  except OSError:
+    return -1, -1
+  return stat.st_size, stat.st_mtime_ns
+
+
+def _images_in(directory):
+  """The image entries of a directory, sorted by name."""
+  with os.scandir(directory) as entries:
+    return sorted((e for e in entries if e.name.lower().endswith(IMAGE_EXTENSIONS)), key=lambda e: e.name)
+
+
+def _scan_split(root, split):
+  """[(relative path, class name or None, (size, mtime_ns))] of a split folder; class folders must not be
+  empty. One scandir per folder and one stat per file: cheap even for a million files."""
   split_dir = os.path.join(root, split)
-  entries = []
-  for entry in sorted(os.listdir(split_dir)):
-    path = os.path.join(split_dir, entry)
-    if os.path.isdir(path):
-      images = sorted(f for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS))
+  with os.scandir(split_dir) as entries:
+    entries = sorted(entries, key=lambda e: e.name)
+  files = []
+  for entry in entries:
+    if entry.is_dir():
+      images = _images_in(entry.path)
       if not images:
-        raise DataError(f'Class folder {path} has no images ({", ".join(IMAGE_EXTENSIONS)}).')
-      entries += [(os.path.join(split, entry, f), entry) for f in images]
-    elif entry.lower().endswith(IMAGE_EXTENSIONS):
-      entries.append((os.path.join(split, entry), None))  # unlabeled
-  if not entries:
+        raise DataError(f'Class folder {entry.path} has no images ({", ".join(IMAGE_EXTENSIONS)}).')
+      files += [(os.path.join(split, entry.name, e.name), entry.name, _stamp(e)) for e in images]
+    elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
+      files.append((os.path.join(split, entry.name), None, _stamp(entry)))  # unlabeled
+  if not files:
     raise DataError(f'Split folder {split_dir} has no images: expected {split_dir}/<class>/<image> or '
                     f'{split_dir}/<image> ({", ".join(IMAGE_EXTENSIONS)}).')
-  return entries
+  return files
 
 
-def _decode(path):
-  return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+def _decode(contents):
+  return tf.ensure_shape(tf.io.decode_image(contents, channels=3, expand_animations=False), [None, None, 3])
 
 
-def _check_images(root, entries, strict):
-  """Decodes every image once; returns (usable entries, set of image shapes). Corrupt files are skipped
-  (counted in the log) or, when `strict`, fail naming the first one."""
-  paths = [os.path.join(root, rel) for rel, _ in entries]
+def _check_files(paths):
+  """Decodes each file once -> [(height, width), or None when it is corrupt or unreadable]."""
   checked = tf.data.Dataset.from_tensor_slices((tf.range(len(paths)), paths))
-  checked = checked.map(lambda i, p: (i, tf.shape(_decode(p))), num_parallel_calls=tf.data.AUTOTUNE)
-  checked = checked.ignore_errors()
-  good, shapes = set(), set()
-  for index, shape in checked.as_numpy_iterator():
-    good.add(int(index))
-    shapes.add(tuple(int(s) for s in shape))
-  bad = [paths[i] for i in range(len(paths)) if i not in good]
+  checked = checked.map(lambda i, p: (i, tf.shape(_decode(tf.io.read_file(p)))[:2]),
+                        num_parallel_calls=tf.data.AUTOTUNE)
+  shapes = [None] * len(paths)
+  for index, shape in checked.ignore_errors().as_numpy_iterator():
+    shapes[index] = (int(shape[0]), int(shape[1]))
+  return shapes
+
+
+def _cache_file(cache_dir, root):
+  return os.path.join(cache_dir, hashlib.sha256(root.encode()).hexdigest()[:32] + '.json')
+
+
+def _read_cache(path, root):
+  """{relative path: [size, mtime_ns, height, width]} of an earlier start ({} if there is none or it is
+  damaged or of another version); height = width = 0: unreadable."""
+  try:
+    with open(path, encoding='utf-8') as f:
+      cached = json.load(f)
+    if cached.get('version') == CACHE_VERSION and cached.get('root') == root:
+      return cached['files']
+  except FileNotFoundError:
+    pass
+  except (OSError, ValueError, KeyError, AttributeError) as error:
+    logging.info('Ignoring the image-folder cache %s (%s).', path, error)
+  return {}
+
+
+def _write_cache(path, root, files):
+  """Writes the cache atomically (temp file + rename: a reader never sees half a file, concurrent writers
+  leave one whole file); where it cannot be written, warns and carries on uncached."""
+  directory = os.path.dirname(path)
+  try:
+    os.makedirs(directory, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=directory, prefix='.', suffix='.tmp')
+    try:
+      with os.fdopen(fd, 'w', encoding='utf-8') as f:
+        json.dump({'version': CACHE_VERSION, 'root': root, 'files': files}, f, separators=(',', ':'))
+      os.replace(temp, path)
+    except BaseException:
+      if os.path.exists(temp):
+        os.unlink(temp)
+      raise
+  except OSError as error:
+    logging.warning('Cannot write the image-folder cache %s (%s); the next start checks every image again.',
+                    path, error)
+
+
+def _folder_index(root, cache_dir):
+  """{split: [(relative path, class name or None, (height, width) or None when unreadable)]}.
+
+  The folder is listed at every start; only files whose (size, mtime_ns) are not those cached (new or
+  changed) are decoded, removed files drop out of the cache, which is keyed by the folder's absolute path.
+  """
+  scan_ns = time.time_ns()
+  splits = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+  if not splits:
+    raise DataError(f'Image folder {root} has no split folders: expected {root}/<split>/<class>/<image>.')
+  listed = {split: _scan_split(root, split) for split in splits}
+  path = _cache_file(cache_dir, root)
+  cached = _read_cache(path, root)
+  verdicts, unknown = {}, []
+  for entries in listed.values():
+    for rel, _, stamp in entries:
+      entry = cached.get(rel)
+      if entry is not None and tuple(entry[:2]) == stamp:
+        verdicts[rel] = entry
+      else:
+        unknown.append((rel, stamp))
+  if unknown:
+    shapes = _check_files([os.path.join(root, rel) for rel, _ in unknown])
+    for (rel, stamp), shape in zip(unknown, shapes):
+      verdicts[rel] = [*stamp, *(shape or (0, 0))]
+  logging.info('Image folder %s: %d files checked, %d verdicts from the cache %s', root, len(unknown),
+               len(verdicts) - len(unknown), path)
+  settled = {rel: entry for rel, entry in verdicts.items() if entry[1] < scan_ns - RACY_NS}
+  if settled != cached:  # files were added, changed or removed
+    _write_cache(path, root, settled)
+  return {split: [(rel, name, tuple(verdicts[rel][2:]) if verdicts[rel][2] else None) for rel, name, _ in entries]
+          for split, entries in listed.items()}
+
+
+def _folder_source(root, strict, cache_dir):
+  root = os.path.abspath(root)
+  index = _folder_index(root, cache_dir)
+  bad = [os.path.join(root, rel) for entries in index.values() for rel, _, shape in entries if shape is None]
   if bad and strict:
     raise DataError(f'Corrupt or unreadable image: {bad[0]} ({len(bad)} in all; drop --strict_images to '
                     f'skip them).')
   if bad:
     logging.warning('Skipping %d corrupt or unreadable image(s) under %s, e.g. %s', len(bad), root, bad[:3])
-  return [entries[i] for i in sorted(good)], shapes
-
-
-def _folder_source(root, strict):
-  root = os.path.abspath(root)
-  splits = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-  if not splits:
-    raise DataError(f'Image folder {root} has no split folders: expected {root}/<split>/<class>/<image>.')
-  listed = {split: _list_split(root, split) for split in splits}
-  class_names = tuple(sorted({name for entries in listed.values() for _, name in entries if name}))
-  label_of = {name: i for i, name in enumerate(class_names)}
-  checked, shapes = {}, set()
-  for split, entries in listed.items():
-    checked[split], split_shapes = _check_images(root, entries, strict)
-    if not checked[split]:
+  checked = {split: [(rel, name) for rel, name, shape in entries if shape] for split, entries in index.items()}
+  for split, entries in checked.items():
+    if not entries:
       raise DataError(f'Split folder {os.path.join(root, split)} has no readable images.')
-    shapes |= split_shapes
-  image_shape = next(iter(shapes)) if len(shapes) == 1 else None
+  class_names = tuple(sorted({name for entries in index.values() for _, name, _ in entries if name}))
+  label_of = {name: i for i, name in enumerate(class_names)}
+  shapes = {shape for entries in index.values() for _, _, shape in entries if shape}
+  image_shape = (*next(iter(shapes)), 3) if len(shapes) == 1 else None
   logging.info('Image folder %s: splits %s, %d classes, image size %s', root,
                {s: len(e) for s, e in checked.items()}, len(class_names), image_shape or 'varies')
 
-  def read(split, input_context=None, shuffle_files=False, decode_images=True, keep_ids=None):
+  def read(split, input_context=None, shuffle_files=False, decode_images=True, keep_ids=None, encoded=False):
     entries = checked[split]
     ids = [rel for rel, _ in entries]
     labels = [label_of[name] if name else -1 for _, name in entries]
@@ -248,8 +356,10 @@ def _folder_source(root, strict):
     def load(rel, label):
       if not decode_images:
         return {'label': label, 'id': rel}
-      image = tf.ensure_shape(_decode(tf.strings.join([root + os.sep, rel])), [None, None, 3])
-      return {'image': image, 'label': label, 'id': rel}
+      contents = tf.io.read_file(tf.strings.join([root + os.sep, rel]))
+      if encoded:
+        return {'encoded': contents, 'label': label, 'id': rel}
+      return {'image': _decode(contents), 'label': label, 'id': rel}
 
     return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -293,7 +403,8 @@ def write_label_subset(model_dir, ids, **details):
 
 # ----------------------------------------------------------------------------------------------- batches
 
-# Label subsets up to this size are cached decoded (5,000 CIFAR images: 15 MB; at 224 px: 750 MB).
+# Label subsets up to this size are cached in memory, decoded (5,000 CIFAR images: 15 MB; at 224 px: 750 MB)
+# or, for training on images of varying sizes, as the files' bytes.
 SUBSET_CACHE_MAX_EXAMPLES = 5000
 
 
@@ -306,8 +417,11 @@ def build_dataset(source, split, batch_size, is_training, train_mode='pretrain',
   all eval batches are `[B, S, S, 3]`. Labels are one-hot `[B, num_classes]` (all zeros when unlabeled).
   Training batches are shuffled, repeated and full (`drop_remainder`); eval batches cover the split once.
   """
-  ds = source.read(split, input_context=input_context, shuffle_files=is_training, keep_ids=subset_ids)
-  ds = ds.map(lambda ex: (ex['image'], tf.one_hot(ex['label'], max(source.num_classes, 1))))
+  # Training crops of images of varying sizes start from the files' bytes: a JPEG decodes only its windows.
+  encoded = is_training and source.image_shape is None
+  ds = source.read(split, input_context=input_context, shuffle_files=is_training, keep_ids=subset_ids,
+                   encoded=encoded)
+  ds = ds.map(lambda ex: (ex['encoded' if encoded else 'image'], tf.one_hot(ex['label'], max(source.num_classes, 1))))
   # A small label subset is kept in memory: otherwise every pass over it rescans the whole split.
   if cache or (subset_ids is not None and len(subset_ids) <= SUBSET_CACHE_MAX_EXAMPLES):
     ds = ds.cache()
@@ -334,8 +448,13 @@ def build_dataset(source, split, batch_size, is_training, train_mode='pretrain',
     ds = ds.map(lambda images, labels: (photometric(geometry(images)), labels),
                 num_parallel_calls=tf.data.AUTOTUNE)
   else:  # crop each image on its own, then colour whole batches
+    def encoded_views(contents):
+      return tf.cond(tf.io.is_jpeg(contents),
+                     lambda: data_util.decode_and_random_crop(contents, image_size, image_size, 2 if pretrain else 1),
+                     lambda: geometry(_decode(contents)[None]))  # PNG, BMP, GIF: decoded whole
+
     def per_example(image, label):
-      views = geometry(image[None])
+      views = encoded_views(image) if encoded else geometry(image[None])
       return (tf.concat(tf.split(views, 2, axis=0), -1)[0] if pretrain else views[0]), label
     ds = ds.map(per_example, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=is_training)

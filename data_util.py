@@ -8,7 +8,8 @@ image's ops while it is in cache (saturation and hue in closed form, equal to tf
 distributions are those of the paper:
 
 - crop: area uniform in [0.08, 1] of the image, aspect ratio log-uniform in [3/4, 4/3], up to 100 attempts,
-  then a centre crop; bicubic resize (Keys a=-0.5, half-pixel centres: what `tf.image.resize` does);
+  then a centre crop; bicubic resize (Keys a=-0.5, half-pixel centres: what `tf.image.resize` does); a JPEG
+  file can be cropped decoding only the window (`decode_and_random_crop`, same draws and pixels);
 - horizontal flip with p=0.5;
 - colour jitter with p=0.8: brightness (multiplicative, 0.8s), contrast (0.8s), saturation (0.8s), hue (0.2s)
   in a random order per image, clipped to [0, 1] after each; then grayscale with p=0.2;
@@ -82,20 +83,33 @@ def crop_and_resize(images, offset_y, offset_x, crop_height, crop_width, height,
   Each image goes through TensorFlow's own crop and bicubic resize kernels (exactly the authors' numerics),
   one or two at a time so each stays in cache (tf.data runs batches in parallel). Returns float32 in [0, 1].
   """
-  scale = 1.0 / 255.0 if images.dtype == tf.uint8 else 1.0
   if flip is None:
     flip = tf.zeros_like(offset_y, tf.bool)
 
   def one(args):
     image, y, x, h, w, mirror = args
-    crop = image[y:y + h, x:x + w]
-    crop = tf.cond(mirror, lambda: tf.reverse(crop, axis=[1]), lambda: crop)
-    resized = tf.image.resize(crop[None], [height, width], method='bicubic')[0] * scale
-    return tf.clip_by_value(resized, 0.0, 1.0)  # bicubic overshoots; clipped while the image is in cache
+    return _flip_and_resize(image[y:y + h, x:x + w], mirror, height, width)
 
   resized = tf.map_fn(one, (images, offset_y, offset_x, crop_height, crop_width, flip),
                       fn_output_signature=tf.float32, parallel_iterations=2)
   return tf.ensure_shape(resized, [None, height, width, images.shape[-1]])
+
+
+def _flip_and_resize(crop, mirror, height, width):
+  """One crop, mirrored when `mirror`, bicubic to `[height, width]` -> float32 in [0, 1]."""
+  scale = 1.0 / 255.0 if crop.dtype == tf.uint8 else 1.0
+  crop = tf.cond(mirror, lambda: tf.reverse(crop, axis=[1]), lambda: crop)
+  resized = tf.image.resize(crop[None], [height, width], method='bicubic')[0] * scale
+  return tf.clip_by_value(resized, 0.0, 1.0)  # bicubic overshoots; clipped while the image is in cache
+
+
+def _random_windows_and_flips(image_height, image_width, n, height, width, flip):
+  """The draws of `random_crop_with_resize` for `n` crops, in its order: windows (SimCLR scales the aspect
+  range by the output's aspect ratio), then flips (`[n]` bool, all False unless `flip`)."""
+  aspect = width / height
+  windows = sample_crop_windows(image_height, image_width, n, aspect_ratio_range=(3. / 4. * aspect, 4. / 3. * aspect))
+  mirror = tf.random.uniform([n]) < 0.5 if flip else tf.zeros([n], tf.bool)
+  return windows, mirror
 
 
 def random_crop_with_resize(images, height, width, image_height=None, image_width=None, flip=False):
@@ -108,11 +122,39 @@ def random_crop_with_resize(images, height, width, image_height=None, image_widt
   shape = tf.shape(images)
   image_height = shape[1] if image_height is None else image_height
   image_width = shape[2] if image_width is None else image_width
-  aspect = width / height  # SimCLR scales the aspect range by the output's aspect ratio
-  windows = sample_crop_windows(image_height, image_width, shape[0],
-                                aspect_ratio_range=(3. / 4. * aspect, 4. / 3. * aspect))
-  mirror = tf.random.uniform([shape[0]]) < 0.5 if flip else None
+  windows, mirror = _random_windows_and_flips(image_height, image_width, shape[0], height, width, flip)
   return crop_and_resize(images, *windows, height, width, flip=mirror)
+
+
+def decode_jpeg_crop(contents, offset_y, offset_x, crop_height, crop_width):
+  """The window of a JPEG file's bytes as uint8 `[crop_height, crop_width, 3]`, decoding little more than it.
+
+  The pixels equal a full decode's (`tf.io.decode_jpeg`, cut): the window is decoded one column wider on
+  each side, then cut, because libjpeg's fancy chroma upsampling takes a crop's edge for the image's, which
+  alters the edge columns of 4:2:0 and 4:2:2 JPEGs.
+  """
+  offset_y, offset_x, crop_height, crop_width = (tf.cast(t, tf.int32)
+                                                  for t in (offset_y, offset_x, crop_height, crop_width))
+  image_width = tf.image.extract_jpeg_shape(contents)[1]
+  left = tf.maximum(offset_x - 1, 0)
+  right = tf.minimum(offset_x + crop_width + 1, image_width)
+  wider = tf.image.decode_and_crop_jpeg(contents, tf.stack([offset_y, left, crop_height, right - left]), channels=3)
+  return wider[:, offset_x - left:offset_x - left + crop_width]
+
+
+def decode_and_random_crop(contents, height, width, num_views=1, flip=True):
+  """`num_views` random resized crops (and flips) of one JPEG file's bytes, each decoding only its window
+  (`tf.image.decode_and_crop_jpeg`, as the authors' ImageNet pipeline does) -> `[num_views, height, width, 3]`.
+
+  The draws are those `random_crop_with_resize` makes for `num_views` copies of the decoded image, in the
+  same order, and the windows' pixels equal the decoded image's, so the views are the same (identical under
+  the same seeds).
+  """
+  shape = tf.image.extract_jpeg_shape(contents)
+  windows, mirror = _random_windows_and_flips(shape[0], shape[1], num_views, height, width, flip)
+  views = [_flip_and_resize(decode_jpeg_crop(contents, *(t[i] for t in windows)), mirror[i], height, width)
+           for i in range(num_views)]
+  return tf.ensure_shape(tf.stack(views), [num_views, height, width, 3])
 
 
 def center_crop_window(image_height, image_width, height, width, crop_proportion=CROP_PROPORTION):

@@ -12,11 +12,26 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import data
+import data_util
+
+
+@pytest.fixture(autouse=True)
+def _private_cache_home(tmp_path, monkeypatch):
+  """Image-folder caches go to the test's own directory, never to ~/.cache."""
+  monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'xdg_cache'))
 
 
 def _write(path, array, fmt=None):
   os.makedirs(os.path.dirname(path), exist_ok=True)
   Image.fromarray(array).save(path, format=fmt)
+
+
+def _age(root, when=1_600_000_000):
+  """Dates every file under `root` (or the file `root`) at `when` (s), long ago as a dataset's files are:
+  files modified within data.RACY_NS of a scan are checked again at the next start."""
+  paths = [os.path.join(d, f) for d, _, files in os.walk(root) for f in files] if os.path.isdir(root) else [root]
+  for path in paths:
+    os.utime(path, ns=(when * 10 ** 9,) * 2)
 
 
 @pytest.fixture
@@ -126,6 +141,8 @@ def test_mocked_tfds_dataset_feeds_batches(tmp_path):
     assert images.shape == (8, 32, 32, 6) and labels.shape == (8, 10)
     images, labels = next(iter(data.build_dataset(source, 'test', 8, False, image_size=32)))
     assert images.shape == (8, 32, 32, 3)
+    encoded = next(source.read('train', encoded=True).as_numpy_iterator())  # the stored PNG's bytes
+    assert set(encoded) == {'encoded', 'label', 'id'} and tf.io.decode_png(encoded['encoded']).shape == (32, 32, 3)
 
 
 def test_embedded_dataset_batches_and_label_fraction(shapes_data_dir, tmp_path):
@@ -185,3 +202,152 @@ def test_split_batch_gives_each_replica_its_contiguous_slice(two_replica_strateg
   batch = tf.reshape(tf.range(12), [6, 2])
   parts = two_replica_strategy.experimental_local_results(data.split_batch(two_replica_strategy, batch))
   assert [p.numpy().tolist() for p in parts] == [batch[:3].numpy().tolist(), batch[3:].numpy().tolist()]
+
+
+# ----------------------------------------------------------------------------------------------- folder cache
+
+
+@pytest.fixture
+def checked_files(monkeypatch):
+  """The relative paths the image check decodes, start by start (a list per load_source)."""
+  starts = []
+  check = data._check_files
+
+  def counting(paths):
+    starts[-1] += [os.path.relpath(p, os.path.dirname(os.path.dirname(os.path.dirname(p)))) for p in paths]
+    return check(paths)
+
+  monkeypatch.setattr(data, '_check_files', counting)
+
+  def load(root, cache_dir, **kwargs):
+    starts.append([])
+    return data.load_source(str(root), cache_dir=str(cache_dir), **kwargs)
+
+  return starts, load
+
+
+def _metadata(source):
+  labels = {ex['id'].decode(): int(ex['label']) for ex in source.read('train', decode_images=False)
+            .as_numpy_iterator()}
+  return source.class_names, source.split_sizes, source.image_shape, labels
+
+
+def test_second_start_on_an_unchanged_folder_decodes_nothing(folder, tmp_path, checked_files, caplog):
+  starts, load = checked_files
+  _age(folder)
+  first = load(folder, tmp_path / 'cache')
+  with caplog.at_level(logging.INFO):
+    second = load(folder, tmp_path / 'cache')
+  assert len(starts[0]) == 8 and starts[1] == []
+  assert '0 files checked, 8 verdicts from the cache' in caplog.text
+  assert _metadata(second) == _metadata(first)
+  assert len(os.listdir(tmp_path / 'cache')) == 1  # one file per folder, named by a hash of its path
+
+
+def test_added_removed_and_changed_files_are_noticed(tmp_path, checked_files, caplog):
+  starts, load = checked_files
+  rng = np.random.default_rng(2)
+  root, cache = tmp_path / 'images', tmp_path / 'cache'
+  for name in 'abc':
+    _write(str(root / f'train/cat/{name}.png'), rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+  _age(root)
+  assert load(root, cache).image_shape == (16, 16, 3)
+  _write(str(root / 'train/dog/d.jpg'), rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))  # added
+  _age(root)
+  source = load(root, cache)
+  assert starts[-1] == ['train/dog/d.jpg']
+  assert source.split_sizes == {'train': 4} and source.class_names == ('cat', 'dog')
+  _write(str(root / 'train/cat/a.png'), rng.integers(0, 256, (20, 24, 3), dtype=np.uint8))  # other size
+  _age(root)
+  source = load(root, cache)
+  assert starts[-1] == ['train/cat/a.png'] and source.image_shape is None
+  os.remove(root / 'train/dog/d.jpg')  # removed, and its class with it: nothing is decoded
+  os.rmdir(root / 'train/dog')
+  source = load(root, cache)
+  assert starts[-1] == [] and source.split_sizes == {'train': 3} and source.class_names == ('cat',)
+  # Same size, other bytes, other (old) mtime: noticed by the mtime alone.
+  length = os.path.getsize(root / 'train/cat/b.png')
+  (root / 'train/cat/b.png').write_bytes(b'\x89PNG\r\n\x1a\n' + b'\0' * (length - 8))
+  _age(root / 'train/cat/b.png', when=1_500_000_000)
+  assert os.path.getsize(root / 'train/cat/b.png') == length
+  with caplog.at_level(logging.WARNING):
+    source = load(root, cache)
+  assert starts[-1] == ['train/cat/b.png']
+  assert source.split_sizes == {'train': 2} and 'Skipping 1 corrupt' in caplog.text and 'b.png' in caplog.text
+  assert load(root, cache).split_sizes == {'train': 2} and starts[-1] == []  # the verdict is cached too
+
+
+def test_cached_corrupt_verdicts_are_still_counted_and_named(folder, tmp_path, checked_files, caplog):
+  starts, load = checked_files
+  (folder / 'train/cat/broken.png').write_bytes(b'\x89PNG\r\n\x1a\nnot really a png')
+  _age(folder)
+  load(folder, tmp_path / 'cache')
+  with caplog.at_level(logging.WARNING):
+    source = load(folder, tmp_path / 'cache')
+  assert starts[1] == [] and source.split_sizes['train'] == 6
+  assert 'Skipping 1 corrupt' in caplog.text and 'broken.png' in caplog.text
+  with pytest.raises(data.DataError, match='broken.png'):
+    load(folder, tmp_path / 'cache', strict_images=True)
+  assert starts[2] == []
+
+
+def test_files_modified_just_before_a_start_are_checked_again(folder, tmp_path, checked_files):
+  # Not aged: a rewrite within the filesystem's timestamp granularity could keep size and mtime.
+  starts, load = checked_files
+  load(folder, tmp_path / 'cache')
+  load(folder, tmp_path / 'cache')
+  assert len(starts[0]) == len(starts[1]) == 8
+
+
+def test_unwritable_cache_only_warns(folder, tmp_path, checked_files, caplog):
+  starts, load = checked_files
+  (tmp_path / 'not_a_dir').write_text('')  # makedirs fails here even for root, unlike a read-only folder
+  _age(folder)
+  for _ in range(2):
+    with caplog.at_level(logging.WARNING):
+      source = load(folder, tmp_path / 'not_a_dir' / 'cache')
+    assert source.split_sizes == {'train': 6, 'test': 2}
+  assert len(starts[1]) == 8
+  assert caplog.text.count('Cannot write the image-folder cache') == 2  # one warning per start
+
+
+def test_cache_lives_under_xdg_cache_home(folder, tmp_path, monkeypatch):
+  _age(folder)
+  data.load_source(str(folder))
+  assert len(os.listdir(tmp_path / 'xdg_cache/simclr_tf2/image_folders')) == 1
+  monkeypatch.setenv('XDG_CACHE_HOME', 'relative/path')  # ignored, as the XDG spec says
+  monkeypatch.setenv('HOME', str(tmp_path / 'home'))
+  assert data.default_cache_dir() == str(tmp_path / 'home/.cache/simclr_tf2/image_folders')
+
+
+def test_damaged_cache_is_ignored(folder, tmp_path, checked_files):
+  starts, load = checked_files
+  _age(folder)
+  load(folder, tmp_path / 'cache')
+  (cache_file,) = (tmp_path / 'cache').iterdir()
+  cache_file.write_text('{"version": 1, "root": ')
+  assert load(folder, tmp_path / 'cache').split_sizes == {'train': 6, 'test': 2}
+  assert len(starts[1]) == 8 and json.loads(cache_file.read_text())['version'] == data.CACHE_VERSION
+
+
+# ----------------------------------------------------------------------------------------------- encoded reads
+
+
+def test_encoded_reads_give_the_files_bytes(folder):
+  source = data.load_source(str(folder))
+  for ex in source.read('train', encoded=True).as_numpy_iterator():
+    assert set(ex) == {'encoded', 'label', 'id'}
+    assert ex['encoded'] == (folder / ex['id'].decode()).read_bytes()
+
+
+def test_jpeg_training_crops_decode_only_their_windows(folder, monkeypatch):
+  traced = []
+  crop = data_util.decode_and_random_crop
+  monkeypatch.setattr(data_util, 'decode_and_random_crop', lambda *args: traced.append(args[1:]) or crop(*args))
+  source = data.load_source(str(folder))
+  for train_mode, views in (('pretrain', 2), ('finetune', 1)):
+    images, _ = next(iter(data.build_dataset(source, 'train', 6, True, train_mode, 24, shuffle_buffer=6)))
+    assert images.shape == (6, 24, 24, 3 * views) and traced[-1] == (24, 24, views)
+  traced.clear()
+  next(iter(data.build_dataset(source, 'test', 2, False, image_size=24)))  # eval decodes whole images
+  assert not traced

@@ -198,3 +198,50 @@ def test_finetune_augmentation_only_crops_and_flips(color_distort):
     assert unchanged.mean() < 0.3
   else:
     assert unchanged.all()
+
+
+def _jpegs():
+  """JPEGs in the layouts libjpeg decodes differently: 4:2:0 and 4:4:4 chroma, progressive, grayscale, 4:2:2
+  (PIL), odd sides, and a thin strip on which the crop falls back to a centre crop."""
+  import io  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(7)
+
+  def image(h, w):
+    ramp = np.linspace(0, 200, w)[None, :, None] * rng.uniform(0.3, 1, 3)
+    return np.clip(ramp + rng.normal(0, 30, (h, w, 3)), 0, 255).astype(np.uint8)
+
+  pil = io.BytesIO()
+  Image.fromarray(image(45, 58)).save(pil, 'JPEG', quality=90, subsampling=1)
+  return {'420': tf.io.encode_jpeg(image(37, 53)).numpy(),
+          '444': tf.io.encode_jpeg(image(41, 35), chroma_downsampling=False).numpy(),
+          'progressive': tf.io.encode_jpeg(image(50, 47), progressive=True).numpy(),
+          'gray': tf.io.encode_jpeg(image(33, 40)[..., :1]).numpy(),
+          '422': pil.getvalue(),
+          'strip': tf.io.encode_jpeg(image(6, 90)).numpy()}
+
+
+def test_decode_jpeg_crop_equals_the_full_decode_cut():
+  rng = np.random.default_rng(8)
+  for kind, contents in _jpegs().items():
+    full = tf.io.decode_jpeg(contents, channels=3).numpy()
+    height, width = full.shape[:2]
+    for _ in range(40):
+      h, w = rng.integers(1, height + 1), rng.integers(1, width + 1)
+      y, x = rng.integers(0, height - h + 1), rng.integers(0, width - w + 1)
+      got = data_util.decode_jpeg_crop(contents, y, x, h, w).numpy()
+      np.testing.assert_array_equal(got, full[y:y + h, x:x + w], err_msg=f'{kind} {(y, x, h, w)}')
+
+
+@pytest.mark.parametrize('num_views', [1, 2])
+def test_decode_and_random_crop_equals_cropping_the_decoded_image(num_views):
+  # Same seeds -> the same windows and flips as random_geometry on the decoded image (its two pretraining
+  # views are two copies of the image), and the same pixels: identical views, so identical distributions.
+  for kind, contents in _jpegs().items():
+    decoded = tf.io.decode_jpeg(contents, channels=3)
+    for seed in range(8):
+      tf.random.set_seed(seed)
+      want = data_util.random_geometry(tf.stack([decoded] * num_views), 16, 12).numpy()
+      tf.random.set_seed(seed)
+      got = data_util.decode_and_random_crop(tf.constant(contents), 16, 12, num_views).numpy()
+      np.testing.assert_array_equal(got, want, err_msg=f'{kind} seed {seed}')
