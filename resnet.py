@@ -26,7 +26,7 @@ ENDPOINTS = ('initial_conv', 'initial_max_pool', 'block_group1', 'block_group2',
              'block_group4', 'final_avg_pool')
 
 # depth -> (block type, blocks per group).
-_ARCHITECTURES = {
+ARCHITECTURES = {
     18: ('basic', (2, 2, 2, 2)),
     34: ('basic', (3, 4, 6, 3)),
     50: ('bottleneck', (3, 4, 6, 3)),
@@ -34,7 +34,7 @@ _ARCHITECTURES = {
     152: ('bottleneck', (3, 8, 36, 3)),
     200: ('bottleneck', (3, 24, 36, 3)),
 }
-SUPPORTED_DEPTHS = tuple(sorted(_ARCHITECTURES))
+SUPPORTED_DEPTHS = tuple(sorted(ARCHITECTURES))
 
 
 class Layer(keras.layers.Layer):
@@ -144,6 +144,21 @@ class Conv2dFixedPadding(keras.layers.Layer):
     return self.conv2d(inputs)
 
 
+def channels(filters, width_multiplier):
+  """Channels of a layer with `filters` at width 1x (the stem's and groups' 64, 128, 256, 512)."""
+  return int(round(filters * width_multiplier))
+
+
+def sk_attention_width(filters, sk_ratio, min_dim=32):
+  """Hidden channels of a selective-kernel attention MLP, as the SimCLRv2 code sizes it."""
+  return max(int(filters * sk_ratio), min_dim)
+
+
+def se_width(filters, se_ratio):
+  """Bottleneck channels of a squeeze-excitation layer, as the SimCLRv2 code sizes it."""
+  return max(1, int(filters * se_ratio))
+
+
 class SK_Conv2D(Layer):  # pylint: disable=invalid-name
   """Selective kernel 3x3 convolution (SimCLRv2): two 3x3 streams mixed by a learnt softmax attention.
 
@@ -157,7 +172,7 @@ class SK_Conv2D(Layer):  # pylint: disable=invalid-name
     bn_args = dict(global_bn=global_bn, batch_norm_decay=batch_norm_decay)
     self.conv2d_fixed_padding = Conv2dFixedPadding(2 * filters, kernel_size=3, strides=strides)
     self.batch_norm_relu = BatchNormRelu(**bn_args)
-    mid_dim = max(int(filters * sk_ratio), min_dim)
+    mid_dim = sk_attention_width(filters, sk_ratio, min_dim)
     self.conv2d_0 = keras.layers.Conv2D(mid_dim, kernel_size=1, use_bias=False,
                                         kernel_initializer=_conv_initializer())
     self.batch_norm_relu_1 = BatchNormRelu(**bn_args)
@@ -183,7 +198,7 @@ class SE_Layer(keras.layers.Layer):  # pylint: disable=invalid-name
 
   def __init__(self, filters, se_ratio, **kwargs):
     super().__init__(**kwargs)
-    self.se_reduce = keras.layers.Conv2D(max(1, int(filters * se_ratio)), kernel_size=1,
+    self.se_reduce = keras.layers.Conv2D(se_width(filters, se_ratio), kernel_size=1,
                                          use_bias=True, kernel_initializer=_conv_initializer())
     self.se_expand = None
 
@@ -298,9 +313,7 @@ class Resnet(Layer):
     self.fine_tune_after_block = fine_tune_after_block
     bn_args = dict(global_bn=global_bn, batch_norm_decay=batch_norm_decay)
 
-    def width(filters):
-      return int(round(filters * width_multiplier))
-
+    width = lambda filters: channels(filters, width_multiplier)
     stem = []
     if cifar_stem:
       stem += [Conv2dFixedPadding(width(64), kernel_size=3, strides=1), BatchNormRelu(**bn_args)]
@@ -364,15 +377,15 @@ def resnet(resnet_depth, width_multiplier=1, cifar_stem=False, sk_ratio=0.0, se_
   Returns:
     A `Resnet` layer; output width is 512 * w (depth 18/34) or 2048 * w.
   """
-  if resnet_depth not in _ARCHITECTURES:
+  if resnet_depth not in ARCHITECTURES:
     raise ValueError(f'resnet_depth must be one of {SUPPORTED_DEPTHS}, got {resnet_depth}.')
-  if not width_multiplier > 0 or int(round(64 * width_multiplier)) < 2:
+  if not width_multiplier > 0 or channels(64, width_multiplier) < 2:
     raise ValueError(f'width_multiplier must be positive and leave >= 2 stem channels, got {width_multiplier}.')
   if sk_ratio < 0 or se_ratio < 0:
     raise ValueError(f'sk_ratio and se_ratio must be >= 0, got {sk_ratio} and {se_ratio}.')
   if fine_tune_after_block not in (-1, 0, 1, 2, 3, 4):
     raise ValueError(f'fine_tune_after_block must be in -1..4, got {fine_tune_after_block}.')
-  block, layers = _ARCHITECTURES[resnet_depth]
+  block, layers = ARCHITECTURES[resnet_depth]
   block_fn = ResidualBlock if block == 'basic' else BottleneckBlock
   return Resnet(block_fn, layers, width_multiplier, cifar_stem=cifar_stem, sk_ratio=sk_ratio,
                 se_ratio=se_ratio, global_bn=global_bn, batch_norm_decay=batch_norm_decay,
@@ -381,5 +394,5 @@ def resnet(resnet_depth, width_multiplier=1, cifar_stem=False, sk_ratio=0.0, se_
 
 def output_width(resnet_depth, width_multiplier=1):
   """Width of the pooled representation for a depth and width multiplier."""
-  expansion = 1 if _ARCHITECTURES[resnet_depth][0] == 'basic' else 4
-  return int(round(512 * width_multiplier)) * expansion
+  expansion = 1 if ARCHITECTURES[resnet_depth][0] == 'basic' else 4
+  return channels(512, width_multiplier) * expansion

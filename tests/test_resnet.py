@@ -70,7 +70,7 @@ def test_last_batchnorm_of_each_block_starts_at_zero_gamma(depth, sk_ratio, se_r
     last_bn = [layer for layer in inner if isinstance(layer, resnet.BatchNormRelu)][-1]
     np.testing.assert_array_equal(last_bn.bn.gamma.numpy(), 0.0)
   zero_gammas = [v for v in encoder.trainable_variables if v.path.endswith('gamma') and not np.any(v.numpy())]
-  assert len(zero_gammas) == len(blocks) == sum(resnet._ARCHITECTURES[depth][1])
+  assert len(zero_gammas) == len(blocks) == sum(resnet.ARCHITECTURES[depth][1])
   # At initialisation a block without projection is relu(input): its residual branch is exactly 0.
   channels = 16 if depth < 50 else 64
   x = tf.random.normal([2, 8, 8, channels])
