@@ -257,10 +257,8 @@ class WarmUpAndCosineDecay(keras.optimizers.schedules.CosineDecay):
       self.scaled_learning_rate = base_learning_rate * math.sqrt(train_batch_size)
     self.total_steps = get_train_steps(num_examples, train_batch_size, train_epochs, train_steps)
     warmup_steps = get_warmup_steps(warmup_epochs, num_examples, train_batch_size)
-    if warmup_steps >= self.total_steps:
-      raise ValueError(f'The warmup ({warmup_steps} steps from warmup_epochs={warmup_epochs}) must be shorter '
-                       f'than training ({self.total_steps} steps).')
-    super().__init__(initial_learning_rate=0.0, decay_steps=self.total_steps - warmup_steps,
+    # A warmup as long as training or longer: the rate rises all run, as in the authors' schedule.
+    super().__init__(initial_learning_rate=0.0, decay_steps=max(1, self.total_steps - warmup_steps),
                      warmup_target=self.scaled_learning_rate, warmup_steps=warmup_steps, name=name)
 
   def get_config(self):

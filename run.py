@@ -1,9 +1,10 @@
-r"""SimCLR: pretrain, fine-tune, evaluate and export, with one command.
+r"""SimCLR: pretrain, fine-tune, evaluate, distill and export, with one command.
 
   python run.py                      # pretrain on the embedded dataset, then report linear-eval accuracy
   python run.py --flagfile=configs/cifar10_pretrain.cfg --data_dir=...
   python run.py --train_mode=finetune --checkpoint=runs/simclr_shapes --label_fraction=0.1 ...
   python run.py --mode=eval --model_dir=...
+  python run.py --mode=export --checkpoint=<the authors' r50_1x_sk0/saved_model> --model_dir=...
 
 Flags keep the names and meanings of the SimCLR authors' run.py, so their recipes work unchanged. This is the
 only module that reads flags: everything else takes plain arguments.
@@ -18,20 +19,37 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TensorFlow loads: keep its C++ chatter out
+import progress  # imports no TensorFlow: decides how much TensorFlow may print while it loads
 
-from absl import app  # pylint: disable=g-import-not-at-top
-from absl import flags
-from absl import logging
-import keras
-import tensorflow as tf
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DETAIL = progress.wants_detail(sys.argv)
+if not DETAIL:
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # C++ info, warnings and CUDA probing errors
 
-import data as data_lib
-import embed_plot as embed_plot_lib
-import linear_eval as linear_eval_lib
-import metrics as metrics_lib
-import model as model_lib
-import objective as obj_lib
+with progress.native_stderr_silenced(not DETAIL):  # what TensorFlow's C++ prints while loading, before any level
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags
+  from absl import logging
+  import keras
+  import tensorflow as tf
+
+  import data as data_lib
+  import embed_plot as embed_plot_lib
+  import linear_eval as linear_eval_lib
+  import loop as loop_lib
+  import metrics as metrics_lib
+  import model as model_lib
+  import model_io
+  import objective as obj_lib
+  import resnet
+
+FLAG_NAMES = []
+
+
+def _define(kind, name, default, *args, **kwargs):
+  getattr(flags, f'DEFINE_{kind}')(name, default, *args, **kwargs)
+  FLAG_NAMES.append(name)
+
 
 FLAGS = flags.FLAGS
 
@@ -40,176 +58,135 @@ FLAGS = flags.FLAGS
 # configs/ holds the paper's recipes.
 
 # --- what to run
-flags.DEFINE_enum('mode', 'train_then_eval', ['train', 'eval', 'train_then_eval', 'embed_plot'],
-                  'What to do. embed_plot: a PNG of 2-D PCA projections of the eval split\'s features, for the '
-                  'model in model_dir (or --checkpoint) and a random encoder.')
-flags.DEFINE_enum('train_mode', 'pretrain', list(model_lib.TRAIN_MODES),
-                  'pretrain: contrastive learning (+ online linear eval); finetune: supervised from --checkpoint; '
-                  'linear_eval: a linear head on the frozen encoder of --checkpoint; distill: learn the '
-                  'predictions of --teacher on the (unlabeled) train images.')
-flags.DEFINE_string('model_dir', 'runs/simclr_shapes', 'Checkpoints, summaries, results and exports go here.')
+_define('enum', 'mode', 'train_then_eval', ['train', 'eval', 'train_then_eval', 'embed_plot', 'export'],
+        'What to do. eval: the checkpoints of model_dir as they appear, or the model of --checkpoint once. '
+        'embed_plot: a PNG of 2-D PCA projections of the eval split\'s features, for the model in '
+        'model_dir (or --checkpoint) and a random encoder. export: model_dir/saved_model/<step>/ from '
+        '--checkpoint (or model_dir\'s latest checkpoint), no training.')
+_define('enum', 'train_mode', 'pretrain', list(model_lib.TRAIN_MODES),
+        'pretrain: contrastive learning (+ online linear eval); finetune: supervised from --checkpoint; '
+        'linear_eval: a linear head on the frozen encoder of --checkpoint; distill: learn the '
+        'predictions of --teacher on the (unlabeled) train images.')
+_define('string', 'model_dir', 'runs/simclr_shapes', 'Checkpoints, summaries, results and exports go here.')
 # --- data
-flags.DEFINE_string('dataset', data_lib.EMBEDDED_DATASET,
-                    'A TFDS name, an image folder <root>/<split>/<class>/<image>, or the embedded '
-                    f'{data_lib.EMBEDDED_DATASET}.')
-flags.DEFINE_string('data_dir', None, 'TFDS data directory (default: ~/tensorflow_datasets).')
-flags.DEFINE_string('train_split', 'train', 'Split to train on.')
-flags.DEFINE_string('eval_split', 'test', 'Split to evaluate on.')
-flags.DEFINE_bool('cache_dataset', False, 'Cache decoded examples in memory (small datasets).')
-flags.DEFINE_float('label_fraction', 1.0, 'Fine-tune on this class-balanced fraction of the train labels.')
-flags.DEFINE_integer('label_fraction_seed', 0, 'Seed of the label-fraction subset.')
-flags.DEFINE_bool('strict_images', False, 'Fail on a corrupt image file instead of skipping it.')
-flags.DEFINE_integer('image_size', 32, 'Input image size (the CIFAR stem is used at 32 px or less).')
-flags.DEFINE_float('color_jitter_strength', 0.5, 'Colour distortion strength s.')
-flags.DEFINE_bool('use_blur', False, 'Gaussian blur in pretraining (the paper uses it for ImageNet).')
+_define('string', 'dataset', data_lib.EMBEDDED_DATASET,
+        'A TFDS name, an image folder <root>/<split>/<class>/<image>, or the embedded '
+        f'{data_lib.EMBEDDED_DATASET}.')
+_define('string', 'data_dir', None, 'TFDS data directory (default: ~/tensorflow_datasets).')
+_define('string', 'train_split', 'train', 'Split to train on.')
+_define('string', 'eval_split', 'test', 'Split to evaluate on.')
+_define('bool', 'cache_dataset', False, 'Cache decoded examples in memory (small datasets).')
+_define('float', 'label_fraction', 1.0, 'Fine-tune on this class-balanced fraction of the train labels.')
+_define('integer', 'label_fraction_seed', 0, 'Seed of the label-fraction subset.')
+_define('bool', 'strict_images', False, 'Fail on a corrupt image file instead of skipping it.')
+_define('integer', 'image_size', 32, 'Input image size.')
+_define('float', 'color_jitter_strength', 0.5, 'Colour distortion strength s.')
+_define('bool', 'use_blur', False, 'Gaussian blur in pretraining (the paper uses it for ImageNet).')
 # --- schedule and optimisation
-flags.DEFINE_integer('train_batch_size', 128, 'Global training batch size.')
-flags.DEFINE_integer('train_epochs', 30, 'Training epochs (ignored when train_steps > 0).')
-flags.DEFINE_integer('train_steps', 0, 'Training steps; 0 = from train_epochs.')
-flags.DEFINE_float('warmup_epochs', 1, 'Linear warmup epochs.')
-flags.DEFINE_float('learning_rate', 2.0, 'Base learning rate (scaled by learning_rate_scaling).')
-flags.DEFINE_enum('learning_rate_scaling', 'linear', list(model_lib.LR_SCALINGS),
-                  'linear: lr * B / 256; sqrt: lr * sqrt(B).')
-flags.DEFINE_float('weight_decay', 1e-4, 'L2 weight decay.')
-flags.DEFINE_enum('optimizer', 'lars', list(model_lib.OPTIMIZERS), 'Optimizer.')
-flags.DEFINE_float('momentum', 0.9, 'Momentum.')
-flags.DEFINE_integer('checkpoint_epochs', 1, 'Checkpoint (and log) every this many epochs.')
-flags.DEFINE_integer('checkpoint_steps', 0, 'Checkpoint every this many steps; overrides checkpoint_epochs.')
-flags.DEFINE_integer('keep_checkpoint_max', 5, 'Checkpoints to keep.')
-flags.DEFINE_integer('keep_hub_module_max', 1, 'SavedModel exports to keep.')
+_define('integer', 'train_batch_size', 128, 'Global training batch size.')
+_define('integer', 'train_epochs', 30, 'Training epochs (ignored when train_steps > 0).')
+_define('integer', 'train_steps', 0, 'Training steps; 0 = from train_epochs.')
+_define('float', 'warmup_epochs', 1, 'Linear warmup epochs.')
+_define('float', 'learning_rate', 2.0, 'Base learning rate (scaled by learning_rate_scaling).')
+_define('enum', 'learning_rate_scaling', 'linear', list(model_lib.LR_SCALINGS),
+        'linear: lr * B / 256; sqrt: lr * sqrt(B).')
+_define('float', 'weight_decay', 1e-4, 'L2 weight decay.')
+_define('enum', 'optimizer', 'lars', list(model_lib.OPTIMIZERS), 'Optimizer.')
+_define('float', 'momentum', 0.9, 'Momentum.')
+_define('integer', 'checkpoint_epochs', 1, 'Checkpoint (and log) every this many epochs.')
+_define('integer', 'checkpoint_steps', 0, 'Checkpoint every this many steps; overrides checkpoint_epochs.')
+_define('integer', 'train_summary_steps', 0,
+        'Progress line and TensorBoard training scalars every this many steps; 0 = about every 30 s '
+        '(and at every checkpoint).')
+_define('integer', 'keep_checkpoint_max', 5, 'Checkpoints to keep.')
+_define('integer', 'keep_hub_module_max', 1, 'SavedModel exports to keep.')
 # --- evaluation
-flags.DEFINE_integer('eval_batch_size', 256, 'Global evaluation batch size.')
-flags.DEFINE_integer('eval_steps', 0, 'Evaluation steps; 0 = the whole eval split.')
-flags.DEFINE_string('eval_name', None, 'Name of the evaluation (subdirectory of its summaries).')
-flags.DEFINE_integer('eval_timeout', 0, '--mode=eval waits this many seconds for new checkpoints, then ends.')
-flags.DEFINE_bool('linear_eval', True,
-                  'After pretraining (train_then_eval), fit a logistic regression on frozen features of the '
-                  'pretrained and of a randomly initialised encoder, and report both.')
-flags.DEFINE_integer('linear_eval_max_examples', 20000, 'Training examples the linear evaluation uses, at most.')
-flags.DEFINE_enum('linear_eval_endpoint', 'final_avg_pool', list(model_lib.resnet.ENDPOINTS),
-                  '--train_mode=linear_eval: the encoder endpoint the linear head reads (spatial ones pooled).')
-flags.DEFINE_integer('knn_eval_steps', 0,
-                     'Pretraining: every this many steps, weighted-kNN top-1 of frozen features on --eval_split '
-                     '(the train split as memory bank); 0 = off.')
-flags.DEFINE_integer('knn_k', 200, 'Neighbours of the kNN monitor.')
-flags.DEFINE_float('knn_temperature', 0.1, 'Temperature of the kNN monitor\'s vote weights exp(sim / t).')
+_define('integer', 'eval_batch_size', 256, 'Global evaluation batch size.')
+_define('integer', 'eval_steps', 0, 'Evaluation steps; 0 = the whole eval split.')
+_define('string', 'eval_name', None, 'Name of the evaluation (subdirectory of its summaries).')
+_define('integer', 'eval_timeout', 0, '--mode=eval waits this many seconds for new checkpoints, then ends.')
+_define('bool', 'linear_eval', True,
+        'After pretraining (train_then_eval), fit a logistic regression on frozen features of the '
+        'pretrained and of a randomly initialised encoder, and report both.')
+_define('integer', 'linear_eval_max_examples', 20000, 'Training examples the linear evaluation uses, at most.')
+_define('enum', 'linear_eval_endpoint', 'final_avg_pool', list(model_lib.resnet.ENDPOINTS),
+        '--train_mode=linear_eval: the encoder endpoint the linear head reads (spatial ones pooled).')
+_define('integer', 'knn_eval_steps', 0,
+        'Pretraining: every this many steps, weighted-kNN top-1 of frozen features on --eval_split '
+        '(the train split as memory bank); 0 = off.')
+_define('integer', 'knn_k', 200, 'Neighbours of the kNN monitor.')
+_define('float', 'knn_temperature', 0.1, 'Temperature of the kNN monitor\'s vote weights exp(sim / t).')
 # --- model
-flags.DEFINE_integer('resnet_depth', 18, 'ResNet depth: 18, 34, 50, 101, 152 or 200.')
-flags.DEFINE_float('width_multiplier', 0.25, 'ResNet width multiplier (1, 2, 3, 4, or a fraction).')
-flags.DEFINE_float('sk_ratio', 0.0, 'Selective kernel ratio (SimCLRv2: 0.0625); 0 disables.')
-flags.DEFINE_float('se_ratio', 0.0, 'Squeeze-excitation ratio; 0 disables.')
-flags.DEFINE_bool('global_bn', True, 'Aggregate BatchNorm statistics across replicas.')
-flags.DEFINE_float('batch_norm_decay', 0.9, 'BatchNorm moving-average decay.')
-flags.DEFINE_enum('precision', 'float32', list(model_lib.PRECISIONS),
-                  'Keras dtype policy. mixed_bfloat16 for TPUs and CPUs with AMX/AVX512-BF16, mixed_float16 '
-                  '(with dynamic loss scaling) for GPUs. BatchNorm statistics, NT-Xent and softmax stay float32.')
-flags.DEFINE_bool('jit_compile', False, 'Compile the train step with XLA (off by default: slower on CPU).')
-flags.DEFINE_enum('proj_head_mode', 'nonlinear', list(model_lib.PROJ_HEAD_MODES), 'Projection head.')
-flags.DEFINE_integer('proj_out_dim', 128, 'Projection output dimension.')
-flags.DEFINE_integer('num_proj_layers', 3, 'Layers of the nonlinear projection head.')
-flags.DEFINE_integer('ft_proj_selector', 0, 'Projection-head layer to fine-tune from (0 = its input).')
-flags.DEFINE_bool('lineareval_while_pretraining', True, 'Train a linear head on stop-gradient features.')
-flags.DEFINE_float('temperature', 0.5, 'NT-Xent temperature.')
-flags.DEFINE_bool('hidden_norm', True, 'L2-normalise projections before NT-Xent (cosine similarity).')
+_define('integer', 'resnet_depth', 18, 'ResNet depth: 18, 34, 50, 101, 152 or 200.')
+_define('float', 'width_multiplier', 0.25, 'ResNet width multiplier (1, 2, 3, 4, or a fraction).')
+_define('float', 'sk_ratio', 0.0, 'Selective kernel ratio (SimCLRv2: 0.0625); 0 disables.')
+_define('float', 'se_ratio', 0.0, 'Squeeze-excitation ratio; 0 disables.')
+_define('bool', 'cifar_stem', None, '3x3 stride-1 stem without max-pool; default: when --image_size <= 32.')
+_define('bool', 'global_bn', True, 'Aggregate BatchNorm statistics across replicas.')
+_define('float', 'batch_norm_decay', 0.9, 'BatchNorm moving-average decay.')
+_define('enum', 'precision', 'float32', list(model_lib.PRECISIONS),
+        'Keras dtype policy. mixed_bfloat16 for TPUs and CPUs with AMX/AVX512-BF16, mixed_float16 '
+        '(with dynamic loss scaling) for GPUs. BatchNorm statistics, NT-Xent and softmax stay float32.')
+_define('bool', 'jit_compile', False, 'Compile the train step with XLA (off by default: slower on CPU).')
+_define('enum', 'proj_head_mode', 'nonlinear', list(model_lib.PROJ_HEAD_MODES), 'Projection head.')
+_define('integer', 'proj_out_dim', 128, 'Projection output dimension.')
+_define('integer', 'num_proj_layers', 3, 'Layers of the nonlinear projection head.')
+_define('integer', 'ft_proj_selector', 0, 'Projection-head layer to fine-tune from (0 = its input).')
+_define('bool', 'lineareval_while_pretraining', True, 'Train a linear head on stop-gradient features.')
+_define('float', 'temperature', 0.5, 'NT-Xent temperature.')
+_define('bool', 'hidden_norm', True, 'L2-normalise projections before NT-Xent (cosine similarity).')
 # --- fine-tuning
-flags.DEFINE_string('checkpoint', None,
-                    'Fine-tune from: a checkpoint prefix, a model_dir (its latest checkpoint), or a SavedModel '
-                    'exported by this project. Encoder and projection head only.')
-flags.DEFINE_bool('random_init', False, 'Fine-tune from a random initialisation (baselines) instead.')
-flags.DEFINE_bool('zero_init_logits_layer', False, 'Start the supervised head at zero.')
-flags.DEFINE_string('teacher', None,
-                    '--train_mode=distill: the teacher, an exported SavedModel or a model_dir / checkpoint prefix '
-                    'of this project (rebuilt from its flags.json).')
-flags.DEFINE_float('distill_temperature', 1.0, 'Softmax temperature of teacher and student in distillation.')
-flags.DEFINE_float('distill_alpha', 0.0,
-                   'Weight of the labeled cross-entropy added to the distillation loss (0: unlabeled only).')
-flags.DEFINE_integer('fine_tune_after_block', -1,
-                     'Freeze the encoder up to block group k (0 = the stem, 4 = all: linear evaluation).')
+_define('string', 'checkpoint', None,
+        'The model to start from (fine-tune, linear_eval, pretrain) or to use (eval, embed_plot, '
+        'export): a SavedModel or training checkpoint (prefix or folder) of this project or of the '
+        'SimCLR authors\' tf2 code, e.g. gs://simclr-checkpoints-tf2/simclrv2/pretrained/r50_1x_sk0. '
+        'The network comes from the file; model flags given explicitly must agree with it.')
+_define('bool', 'random_init', False, 'Fine-tune from a random initialisation (baselines) instead.')
+_define('bool', 'zero_init_logits_layer', False, 'Start the supervised head at zero.')
+_define('string', 'teacher', None,
+        '--train_mode=distill: the teacher, any model --checkpoint accepts, with a supervised head '
+        '(its network comes from the file; the model flags describe the student).')
+_define('float', 'distill_temperature', 1.0, 'Softmax temperature of teacher and student in distillation.')
+_define('float', 'distill_alpha', 0.0,
+        'Weight of the labeled cross-entropy added to the distillation loss (0: unlabeled only).')
+_define('integer', 'fine_tune_after_block', -1,
+        'Freeze the encoder up to block group k (0 = the stem, 4 = all: linear evaluation).')
 # --- where to run
-flags.DEFINE_bool('use_tpu', False, 'Run on a Cloud TPU.')
-flags.DEFINE_string('tpu_name', None, 'Cloud TPU name (or grpc:// address).')
-flags.DEFINE_string('tpu_zone', None, 'Cloud TPU zone.')
-flags.DEFINE_string('gcp_project', None, 'GCP project of the TPU.')
-flags.DEFINE_string('master', None, 'TPU master address, for the TPU cluster resolver.')
+_define('bool', 'use_tpu', False, 'Run on a Cloud TPU.')
+_define('string', 'tpu_name', None, 'Cloud TPU name (or grpc:// address).')
+_define('string', 'tpu_zone', None, 'Cloud TPU zone.')
+_define('string', 'gcp_project', None, 'GCP project of the TPU.')
+_define('string', 'master', None, 'TPU master address, for the TPU cluster resolver.')
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-  """Every flag value, read once; the rest of the program takes this instead of FLAGS."""
-  mode: str
-  train_mode: str
-  model_dir: str
-  dataset: str
-  data_dir: str
-  train_split: str
-  eval_split: str
-  cache_dataset: bool
-  label_fraction: float
-  label_fraction_seed: int
-  strict_images: bool
-  image_size: int
-  color_jitter_strength: float
-  use_blur: bool
-  train_batch_size: int
-  train_epochs: int
-  train_steps: int
-  warmup_epochs: float
-  learning_rate: float
-  learning_rate_scaling: str
-  weight_decay: float
-  optimizer: str
-  momentum: float
-  checkpoint_epochs: int
-  checkpoint_steps: int
-  keep_checkpoint_max: int
-  keep_hub_module_max: int
-  eval_batch_size: int
-  eval_steps: int
-  eval_name: str
-  eval_timeout: int
-  linear_eval: bool
-  linear_eval_max_examples: int
-  linear_eval_endpoint: str
-  knn_eval_steps: int
-  knn_k: int
-  knn_temperature: float
-  resnet_depth: int
-  width_multiplier: float
-  sk_ratio: float
-  se_ratio: float
-  global_bn: bool
-  batch_norm_decay: float
-  precision: str
-  jit_compile: bool
-  proj_head_mode: str
-  proj_out_dim: int
-  num_proj_layers: int
-  ft_proj_selector: int
-  lineareval_while_pretraining: bool
-  temperature: float
-  hidden_norm: bool
-  checkpoint: str
-  random_init: bool
-  teacher: str
-  distill_temperature: float
-  distill_alpha: float
-  zero_init_logits_layer: bool
-  fine_tune_after_block: int
-  use_tpu: bool
-  tpu_name: str
-  tpu_zone: str
-  gcp_project: str
-  master: str
+
+
+class _ConfigMethods:
+  """Methods of `Config`: every flag value of run.py, read once; the rest of the program takes it, not FLAGS."""
 
   @classmethod
   def from_flags(cls):
-    return cls(**{field.name: getattr(FLAGS, field.name) for field in dataclasses.fields(cls)})
+    return cls(**{name: getattr(FLAGS, name) for name in FLAG_NAMES})
 
   @classmethod
   def defaults(cls, **overrides):
     """The flags' default values with `overrides` (for scripts, notebooks and tests)."""
-    values = {field.name: FLAGS[field.name].default for field in dataclasses.fields(cls)}
-    return cls(**{**values, **overrides})
+    return cls(**{**{name: FLAGS[name].default for name in FLAG_NAMES}, **overrides})
+
+  def replace(self, **changes):
+    return dataclasses.replace(self, **changes)
+
+  @property
+  def use_cifar_stem(self):
+    return self.image_size <= 32 if self.cifar_stem is None else self.cifar_stem
+
+
+Config = dataclasses.make_dataclass('Config', FLAG_NAMES, bases=(_ConfigMethods,), frozen=True)
+
+
+def explicit_flags():
+  """Names of the flags given on the command line (or in a --flagfile), not left at their defaults."""
+  return frozenset(name for name in FLAG_NAMES if FLAGS[name].present)
 
 
 class UsageError(ValueError):
@@ -218,20 +195,43 @@ class UsageError(ValueError):
 
 # Modes that train a classifier on (a fraction of) the labels, starting from --checkpoint.
 LABELED_MODES = ('finetune', 'linear_eval')
+# Flags of --mode=eval / embed_plot that describe this evaluation, not the run it evaluates (taken from the
+# run's flags.json otherwise).
+SESSION_FLAGS = frozenset({
+    'mode', 'model_dir', 'eval_split', 'eval_batch_size', 'eval_steps', 'eval_name', 'eval_timeout', 'checkpoint',
+    'teacher', 'random_init', 'use_tpu', 'tpu_name', 'tpu_zone', 'gcp_project', 'master', 'keep_checkpoint_max',
+    'keep_hub_module_max', 'strict_images', 'cache_dataset', 'jit_compile', 'linear_eval', 'linear_eval_max_examples'})
 
 
-def validate(cfg, num_replicas):
+def validate(cfg, num_replicas=1):
   """Fails fast, with one line naming the flag, on combinations that would fail later or silently."""
+  depth = {'none': 0, 'linear': 1}.get(cfg.proj_head_mode, cfg.num_proj_layers)
   checks = [
       (cfg.train_batch_size < 1, f'--train_batch_size must be >= 1, got {cfg.train_batch_size}.'),
+      (cfg.eval_batch_size < 1, f'--eval_batch_size must be >= 1, got {cfg.eval_batch_size}.'),
       (cfg.train_batch_size % num_replicas != 0,
        f'--train_batch_size={cfg.train_batch_size} is not divisible by the {num_replicas} replicas.'),
       (cfg.eval_batch_size % num_replicas != 0,
        f'--eval_batch_size={cfg.eval_batch_size} is not divisible by the {num_replicas} replicas.'),
+      (cfg.resnet_depth not in resnet.SUPPORTED_DEPTHS,
+       f'--resnet_depth must be one of {", ".join(map(str, resnet.SUPPORTED_DEPTHS))}, got {cfg.resnet_depth}.'),
+      (not cfg.width_multiplier > 0 or resnet.channels(64, cfg.width_multiplier) < 2,
+       f'--width_multiplier must be > 0 and leave at least 2 stem channels (>= 0.024), got {cfg.width_multiplier}.'),
+      (not 0 <= cfg.sk_ratio < 1, f'--sk_ratio must be in [0, 1) (SimCLRv2: 0.0625), got {cfg.sk_ratio}.'),
+      (not 0 <= cfg.se_ratio <= 1, f'--se_ratio must be in [0, 1], got {cfg.se_ratio}.'),
+      (cfg.proj_out_dim < 1, f'--proj_out_dim must be >= 1, got {cfg.proj_out_dim}.'),
+      (cfg.proj_head_mode == 'nonlinear' and cfg.num_proj_layers < 1,
+       f'--num_proj_layers must be >= 1 for --proj_head_mode=nonlinear, got {cfg.num_proj_layers}.'),
+      (not 0 <= cfg.ft_proj_selector <= depth,
+       f'--ft_proj_selector must be in 0..{depth} for a {cfg.proj_head_mode} head of {depth} layer(s), got '
+       f'{cfg.ft_proj_selector}.'),
+      (cfg.fine_tune_after_block not in range(-1, 5), f'--fine_tune_after_block must be in -1..4, got '
+                                                       f'{cfg.fine_tune_after_block}.'),
+      (not 0 < cfg.batch_norm_decay < 1, f'--batch_norm_decay must be in (0, 1), got {cfg.batch_norm_decay}.'),
       (cfg.train_mode == 'pretrain' and cfg.fine_tune_after_block != -1,
        '--fine_tune_after_block freezes layers, which pretraining does not support: set it to -1.'),
       (cfg.mode in ('eval', 'train_then_eval') and cfg.train_mode == 'pretrain' and
-       not cfg.lineareval_while_pretraining,
+       not cfg.lineareval_while_pretraining and not (cfg.mode == 'eval' and cfg.checkpoint),
        f'--mode={cfg.mode} has nothing to evaluate: pretraining without --lineareval_while_pretraining has no '
        'classifier. Use --mode=train, or keep the online linear head.'),
       (not 0 < cfg.label_fraction <= 1, f'--label_fraction must be in (0, 1], got {cfg.label_fraction}.'),
@@ -240,7 +240,7 @@ def validate(cfg, num_replicas):
        'every (unlabeled) train image.'),
       (cfg.train_mode == 'linear_eval' and cfg.fine_tune_after_block not in (-1, 4),
        '--train_mode=linear_eval freezes the whole encoder: leave --fine_tune_after_block at -1 (or 4).'),
-      (cfg.train_mode == 'distill' and cfg.mode != 'eval' and not cfg.teacher,
+      (cfg.train_mode == 'distill' and cfg.mode in ('train', 'train_then_eval') and not cfg.teacher,
        '--train_mode=distill needs --teacher (a SavedModel, model_dir or checkpoint of a fine-tuned model).'),
       (cfg.teacher and cfg.train_mode != 'distill', '--teacher applies to --train_mode=distill only.'),
       (cfg.distill_temperature <= 0, f'--distill_temperature must be > 0, got {cfg.distill_temperature}.'),
@@ -249,9 +249,16 @@ def validate(cfg, num_replicas):
       (cfg.knn_k < 1 or cfg.knn_temperature <= 0, '--knn_k must be >= 1 and --knn_temperature > 0.'),
       (cfg.train_steps < 0 or cfg.train_epochs < 0, '--train_steps and --train_epochs must be >= 0.'),
       (cfg.train_steps == 0 and cfg.train_epochs == 0, 'One of --train_steps or --train_epochs must be > 0.'),
+      (cfg.warmup_epochs < 0, f'--warmup_epochs must be >= 0, got {cfg.warmup_epochs}.'),
+      (cfg.checkpoint_epochs < 1 and not cfg.checkpoint_steps,
+       f'--checkpoint_epochs must be >= 1 (or set --checkpoint_steps), got {cfg.checkpoint_epochs}.'),
+      (cfg.checkpoint_steps < 0 or cfg.train_summary_steps < 0,
+       '--checkpoint_steps and --train_summary_steps must be >= 0.'),
       (cfg.temperature <= 0, f'--temperature must be > 0, got {cfg.temperature}.'),
       (cfg.image_size < 8, f'--image_size must be >= 8, got {cfg.image_size}.'),
       (cfg.checkpoint and cfg.random_init, '--checkpoint and --random_init are exclusive.'),
+      (cfg.use_tpu and not (cfg.tpu_name or cfg.master),
+       '--use_tpu needs --tpu_name: the TPU node\'s name, or --tpu_name=local on a TPU VM.'),
       (cfg.jit_compile and num_replicas > 1 and not cfg.use_tpu,
        f'--jit_compile needs one replica ({num_replicas} here): XLA cannot compile MirroredStrategy\'s '
        'cross-replica BatchNorm and gather. (On TPUs the step is always compiled.)'),
@@ -259,18 +266,82 @@ def validate(cfg, num_replicas):
   for failed, message in checks:
     if failed:
       raise UsageError(message)
-  if cfg.train_mode in LABELED_MODES and cfg.mode not in ('eval', 'embed_plot') and not (
-      cfg.checkpoint or cfg.random_init or tf.train.latest_checkpoint(cfg.model_dir)):
+  has_checkpoint = lambda: bool(model_io.checkpoint_paths(cfg.model_dir))
+  if cfg.train_mode in LABELED_MODES and cfg.mode in ('train', 'train_then_eval') and not (
+      cfg.checkpoint or cfg.random_init or has_checkpoint()):
     raise UsageError(f'--train_mode={cfg.train_mode} needs --checkpoint (a pretrained checkpoint, model_dir or '
                      f'SavedModel), a checkpoint in --model_dir={cfg.model_dir} to resume, or --random_init.')
-  if cfg.mode == 'embed_plot' and not (cfg.checkpoint or tf.train.latest_checkpoint(cfg.model_dir)):
-    raise UsageError(f'--mode=embed_plot needs a checkpoint in --model_dir={cfg.model_dir} or --checkpoint.')
-  if cfg.mode == 'eval' and not tf.train.latest_checkpoint(cfg.model_dir) and cfg.eval_timeout <= 0:
+  if cfg.mode in ('embed_plot', 'export') and not (cfg.checkpoint or has_checkpoint()):
+    raise UsageError(f'--mode={cfg.mode} needs a checkpoint in --model_dir={cfg.model_dir} or --checkpoint.')
+  if cfg.mode == 'eval' and not cfg.checkpoint and not has_checkpoint() and cfg.eval_timeout <= 0:
     raise UsageError(f'--mode=eval found no checkpoint in --model_dir={cfg.model_dir} (and --eval_timeout=0).')
-  for name in ('checkpoint', 'teacher'):
-    path = getattr(cfg, name)
-    if path and not tf.io.gfile.exists(path) and not tf.io.gfile.glob(path + '.*'):
-      raise UsageError(f'--{name}={path} does not exist.')
+
+
+# ------------------------------------------------------------------------------------------- configuration
+
+
+def run_flags(cfg, explicit):
+  """--mode=eval / embed_plot of model_dir: the run's own flags (model, weight decay, label fraction, data...)
+  from its flags.json, except those given here and those of the evaluation itself (`SESSION_FLAGS`)."""
+  path = os.path.join(cfg.model_dir, model_io.FLAGS_FILE)
+  if cfg.mode not in ('eval', 'embed_plot', 'export') or cfg.checkpoint or not tf.io.gfile.exists(path):
+    return cfg
+  with tf.io.gfile.GFile(path) as f:
+    saved = json.load(f)
+  inherited = {name: value for name, value in saved.items()
+               if name in FLAG_NAMES and name not in explicit and name not in SESSION_FLAGS}
+  logging.info('Flags of the run from %s: %s', path, inherited)
+  return cfg.replace(**inherited)
+
+
+def adopt_architecture(cfg, explicit, file, flag='checkpoint'):
+  """`cfg` with the network of a model file: its model flags replace those left at their defaults; one given
+  explicitly that would build another network stops the run. For fine-tuning, the file's supervised head
+  position is kept unless --ft_proj_selector is given."""
+  arch = file.architecture
+  given = {name: getattr(cfg, name) for name in explicit}
+  conflicts = arch.contradictions(given)
+  if conflicts:
+    name, value, theirs = conflicts[0]
+    raise UsageError(f'--{name}={value} contradicts --{flag}={file.path}, whose network has {name}={theirs} '
+                     f'({arch.describe()}): drop --{name}, the network comes from the file.')
+  changes = {name: value for name, value in arch.model_flags().items() if name not in explicit}
+  if arch.num_classes is not None and arch.linear_eval_endpoint is None and 'ft_proj_selector' not in explicit:
+    changes['ft_proj_selector'] = arch.ft_proj_selector
+  return cfg.replace(**changes)
+
+
+def as_file_model(cfg, file):
+  """`cfg` that builds the file's network with its heads as they are (eval, export, embedding plot, teacher)."""
+  arch = file.architecture
+  cfg = cfg.replace(**arch.model_flags(), fine_tune_after_block=-1, zero_init_logits_layer=False)
+  if arch.num_classes is None:
+    return cfg.replace(train_mode='pretrain', lineareval_while_pretraining=False)
+  if arch.linear_eval_endpoint:
+    return cfg.replace(train_mode='linear_eval', linear_eval_endpoint=arch.linear_eval_endpoint)
+  return cfg.replace(train_mode='finetune', ft_proj_selector=arch.ft_proj_selector)
+
+
+def keeps_supervised_head(cfg, file, num_classes):
+  """Whether the file's supervised head fits the model these flags build: same classes, same input."""
+  arch = file.architecture
+  if arch.num_classes != num_classes:
+    return False
+  if cfg.train_mode == 'linear_eval':
+    reads = None if cfg.linear_eval_endpoint in ('final_avg_pool', 'block_group4') else cfg.linear_eval_endpoint
+    return arch.linear_eval_endpoint == reads and (reads or arch.ft_proj_selector == 0)
+  return arch.linear_eval_endpoint is None and arch.ft_proj_selector == cfg.ft_proj_selector
+
+
+def inspect_model_file(cfg, flag):
+  """The `model_io.ModelFile` of --checkpoint / --teacher, or None; a bad path is a UsageError naming it."""
+  path = getattr(cfg, flag)
+  if not path:
+    return None
+  try:
+    return model_io.inspect(path)
+  except model_io.ModelFileError as error:
+    raise UsageError(f'--{flag}={error}' if str(error).startswith(path) else f'--{flag}={path}: {error}') from None
 
 
 # ------------------------------------------------------------------------------------------- strategy
@@ -281,10 +352,15 @@ def build_strategy(cfg):
   MirroredStrategy over several local GPUs; else the default (one device)."""
   workers = json.loads(os.environ.get('TF_CONFIG', '{}')).get('cluster', {}).get('worker', [])
   if cfg.use_tpu:
-    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
-        tpu=cfg.tpu_name or cfg.master, zone=cfg.tpu_zone, project=cfg.gcp_project)
-    tf.config.experimental_connect_to_cluster(resolver)
-    tf.tpu.experimental.initialize_tpu_system(resolver)
+    try:
+      resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
+          tpu=cfg.tpu_name or cfg.master, zone=cfg.tpu_zone, project=cfg.gcp_project)
+      tf.config.experimental_connect_to_cluster(resolver)
+      tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, RuntimeError, tf.errors.OpError) as error:
+      raise UsageError(f'--use_tpu: cannot reach TPU {cfg.tpu_name or cfg.master!r} '
+                       f'({error.__class__.__name__}: {str(error).splitlines()[0][:160]}). On a TPU VM use '
+                       '--tpu_name=local; for a TPU node give its name and --tpu_zone / --gcp_project.') from None
     strategy, name = tf.distribute.TPUStrategy(resolver), 'TPUStrategy'
   elif len(workers) > 1:
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
@@ -293,7 +369,8 @@ def build_strategy(cfg):
     strategy, name = tf.distribute.MirroredStrategy(), 'MirroredStrategy'
   else:
     strategy, name = tf.distribute.get_strategy(), 'the default strategy'
-  logging.info('Running with %s, %d replica(s).', name, strategy.num_replicas_in_sync)
+  if strategy.num_replicas_in_sync > 1 or cfg.use_tpu:
+    progress.status(f'Running with {name}, {strategy.num_replicas_in_sync} replica(s).')
   return strategy
 
 
@@ -316,7 +393,7 @@ def build_model(cfg, num_classes, num_replicas=1):
   with model_lib.dtype_policy(cfg.precision):  # layers built lazily on this first call get it too
     model = model_lib.SimCLRModel(
         num_classes, resnet_depth=cfg.resnet_depth, width_multiplier=cfg.width_multiplier,
-        cifar_stem=cfg.image_size <= 32, sk_ratio=cfg.sk_ratio, se_ratio=cfg.se_ratio,
+        cifar_stem=cfg.use_cifar_stem, sk_ratio=cfg.sk_ratio, se_ratio=cfg.se_ratio,
         global_bn=cfg.global_bn and num_replicas > 1, batch_norm_decay=cfg.batch_norm_decay,
         proj_head_mode=cfg.proj_head_mode, proj_out_dim=cfg.proj_out_dim, num_proj_layers=cfg.num_proj_layers,
         ft_proj_selector=cfg.ft_proj_selector, train_mode=cfg.train_mode,
@@ -338,65 +415,45 @@ def build_training(cfg, strategy, num_classes, num_examples):
   return model, optimizer, schedule
 
 
-def restore_for_finetuning(model, path):
-  """Loads encoder and projection head from a checkpoint prefix, a model_dir or an exported SavedModel;
-  neither the optimizer nor the global step (fine-tuning starts at step 0)."""
-  if tf.io.gfile.exists(os.path.join(path, 'saved_model.pb')):
-    exported = tf.saved_model.load(path)
-    with tempfile.TemporaryDirectory(prefix='simclr-') as tmp:  # through an object-based checkpoint
-      _restore_encoder(model, tf.train.Checkpoint(model=exported.model).write(os.path.join(tmp, 'exported')))
-  else:
-    if tf.io.gfile.isdir(path):
-      latest = tf.train.latest_checkpoint(path)
-      if not latest:
-        raise UsageError(f'--checkpoint={path} is a directory with neither checkpoints nor a SavedModel.')
-      path = latest
-    _restore_encoder(model, path)
-  logging.info('Initialised encoder and projection head from %s', path)
-
-
-def load_teacher(cfg, strategy, source):
-  """`teacher(images) -> logits` from --teacher: an exported SavedModel, or a model_dir / checkpoint prefix of
-  this project, rebuilt from the flags.json its evaluation wrote."""
-  path = cfg.teacher
-  if tf.io.gfile.exists(os.path.join(path, 'saved_model.pb')):
-    exported = tf.saved_model.load(path)
-    if 'logits_sup' not in exported.signatures['serving_default'].structured_outputs:
-      raise UsageError(f'--teacher={path} has no classifier (logits_sup): distill from a fine-tuned model.')
-    logging.info('Teacher: SavedModel %s', path)
-    return lambda images: exported(images, trainable=False)['logits_sup']
-  model_dir = path if tf.io.gfile.isdir(path) else os.path.dirname(path)
-  flags_path = os.path.join(model_dir, 'flags.json')
-  if not tf.io.gfile.exists(flags_path):
-    raise UsageError(f'--teacher={path}: no flags.json in {model_dir} to rebuild the teacher from; pass its '
-                     'exported SavedModel (model_dir/saved_model/<step>) instead.')
-  with tf.io.gfile.GFile(flags_path) as f:
-    saved = json.load(f)
-  fields = {field.name for field in dataclasses.fields(Config)}
-  teacher_cfg = Config.defaults(**{k: v for k, v in saved.items() if k in fields})
-  if teacher_cfg.train_mode == 'pretrain' and not teacher_cfg.lineareval_while_pretraining:
-    raise UsageError(f'--teacher={path} has no classifier (logits_sup): distill from a fine-tuned model.')
-  checkpoint = tf.train.latest_checkpoint(path) if tf.io.gfile.isdir(path) else path
+def load_file_model(cfg, strategy, file, num_classes=None):
+  """The model of a file with all its weights (heads included), for using it as it is."""
+  file_cfg = as_file_model(cfg, file)
   with strategy.scope():
-    teacher = build_model(teacher_cfg, max(source.num_classes, 1), strategy.num_replicas_in_sync)
-  tf.train.Checkpoint(model=teacher).read(checkpoint).expect_partial().assert_existing_objects_matched()
-  logging.info('Teacher: %s (ResNet-%d x%g)', checkpoint, teacher_cfg.resnet_depth, teacher_cfg.width_multiplier)
+    model = build_model(file_cfg, file.architecture.num_classes or num_classes or 1,
+                        strategy.num_replicas_in_sync)
+  count = model_io.restore(model, file, supervised_head=file.architecture.num_classes is not None)
+  logging.info('Loaded %s: %d variables', file.describe(), count)
+  return model
+
+
+def initialise_from(cfg, model, file, num_classes):
+  """Fine-tuning, linear evaluation or pretraining from a model file: encoder and projection head, and the
+  supervised head where it fits (same classes, same input); else the head is new (logged)."""
+  keep = model.supervised_head is not None and keeps_supervised_head(cfg, file, num_classes)
+  count = model_io.restore(model, file, supervised_head=keep)
+  progress.status(f'Initialised from {file.describe()} ({count} variables).')
+  if model.supervised_head is not None and not keep:
+    theirs = f' (the file\'s: {file.architecture.describe().split(", ")[-1]})' if file.architecture.num_classes else ''
+    progress.status(f'Supervised head: new, {num_classes} classes{theirs}' +
+                    (', zero-initialised.' if cfg.zero_init_logits_layer else '.'))
+  if cfg.zero_init_logits_layer and model.supervised_head is not None:
+    for variable in model.supervised_head.trainable_variables:
+      variable.assign(tf.zeros_like(variable))
+
+
+def load_teacher(cfg, strategy, file, num_classes):
+  """`teacher(images) -> logits` from the --teacher file (its own network; the model flags are the student's)."""
+  if file.architecture.num_classes is None:
+    raise UsageError(f'--teacher={file.path} has no classifier (logits_sup): distill from a fine-tuned model.')
+  if file.architecture.num_classes != num_classes:
+    raise UsageError(f'--teacher={file.path} predicts {file.architecture.num_classes} classes; the dataset has '
+                     f'{num_classes}.')
+  teacher = load_file_model(cfg, strategy, file)
+  progress.status(f'Teacher: {file.describe()}')
   return lambda images: teacher(images, training=False)['logits_sup']
 
 
-def _restore_encoder(model, path):
-  parts = tf.train.Checkpoint(resnet_model=model.resnet_model, _projection_head=model._projection_head)  # pylint: disable=protected-access
-  tf.train.Checkpoint(model=parts).read(path).expect_partial().assert_existing_objects_matched()
-
-
 # ------------------------------------------------------------------------------------------- training
-
-
-def steps_per_loop(cfg, num_train_examples):
-  """Steps between checkpoints (and log lines): --checkpoint_steps, else --checkpoint_epochs epochs."""
-  if cfg.checkpoint_steps:
-    return cfg.checkpoint_steps
-  return max(1, cfg.checkpoint_epochs * num_train_examples // cfg.train_batch_size)
 
 
 def make_train_step(cfg, model, optimizer, strategy, teacher=None):
@@ -469,67 +526,79 @@ def training_examples(cfg, source):
   return source.num_examples(cfg.train_split), None
 
 
-def final_step(cfg, source):
-  return model_lib.get_train_steps(training_examples(cfg, source)[0], cfg.train_batch_size, cfg.train_epochs,
-                                   cfg.train_steps)
+def final_step(cfg, num_examples):
+  return model_lib.get_train_steps(num_examples, cfg.train_batch_size, cfg.train_epochs, cfg.train_steps)
 
 
-def train(cfg, strategy, source, chief):
-  """The training loop of the authors' code: an inner tf.function runs `steps_per_loop` steps."""
-  num_examples, subset_ids = training_examples(cfg, source)
-  if subset_ids is not None and chief:
-    path = data_lib.write_label_subset(cfg.model_dir, subset_ids, dataset=source.name, split=cfg.train_split,
-                                       fraction=cfg.label_fraction, seed=cfg.label_fraction_seed)
-    logging.info('Fine-tuning on %d labelled examples (%.3g of %s), ids in %s', num_examples,
-                 cfg.label_fraction, cfg.train_split, path)
-  train_steps = model_lib.get_train_steps(num_examples, cfg.train_batch_size, cfg.train_epochs,
-                                          cfg.train_steps)
-  loop_steps = min(steps_per_loop(cfg, num_examples), train_steps, cfg.knn_eval_steps or train_steps)
+def checkpoint_interval(cfg, num_examples):
+  """Steps between checkpoints: --checkpoint_steps, else --checkpoint_epochs epochs."""
+  if cfg.checkpoint_steps:
+    return cfg.checkpoint_steps
+  return max(1, cfg.checkpoint_epochs * num_examples // cfg.train_batch_size)
+
+
+def metric_names(cfg, model):
+  names = ['train/total_loss', 'train/weight_decay']
+  if cfg.train_mode == 'pretrain':
+    names += ['train/contrast_loss', 'train/contrast_acc', 'train/contrast_entropy']
+  if cfg.train_mode == 'distill':
+    names += ['train/distill_loss', 'train/teacher_agreement']
+  if model.supervised_head is not None and (cfg.train_mode != 'distill' or cfg.distill_alpha):
+    names += ['train/supervised_loss', 'train/supervised_acc']
+  return names
+
+
+def train(cfg, strategy, source, chief, num_examples, subset_ids, files):
+  """The training loop of the authors' code -- compiled inner loops of steps, checkpoints between them --
+  with progress about every 30 s (loop.py), and a checkpoint of the step in flight on SIGTERM / SIGINT."""
+  train_steps = final_step(cfg, num_examples)
   warmup_steps = model_lib.get_warmup_steps(cfg.warmup_epochs, num_examples, cfg.train_batch_size)
   if warmup_steps >= train_steps:
-    raise UsageError(f'--warmup_epochs={cfg.warmup_epochs} ({warmup_steps} steps) is not shorter than the '
-                     f'{train_steps} training steps: lower it or train longer.')
-  logging.info('# train examples: %d, # train steps: %d, steps per loop: %d', num_examples, train_steps,
-               loop_steps)
+    logging.warning('--warmup_epochs=%g is %d steps, not shorter than the %d training steps: the learning rate '
+                    'rises all run and never reaches its peak (as in the authors\' schedule).', cfg.warmup_epochs,
+                    warmup_steps, train_steps)
+  output_dir = cfg.model_dir if chief else tempfile.mkdtemp(prefix='simclr-worker-')
+  if chief:
+    tf.io.gfile.makedirs(cfg.model_dir)
+    with tf.io.gfile.GFile(os.path.join(cfg.model_dir, model_io.FLAGS_FILE), 'w') as f:
+      json.dump(dataclasses.asdict(cfg), f, indent=1)
+    if subset_ids is not None:
+      path = data_lib.write_label_subset(cfg.model_dir, subset_ids, dataset=source.name, split=cfg.train_split,
+                                         fraction=cfg.label_fraction, seed=cfg.label_fraction_seed)
+      logging.info('Fine-tuning on %d labelled examples (%.3g of %s), ids in %s', num_examples,
+                   cfg.label_fraction, cfg.train_split, path)
 
   dataset = data_lib.build_distributed_dataset(
       strategy, cfg.train_batch_size, source, cfg.train_split, is_training=True, train_mode=cfg.train_mode,
       image_size=cfg.image_size, color_jitter_strength=cfg.color_jitter_strength, use_blur=cfg.use_blur,
       cache=cfg.cache_dataset, subset_ids=subset_ids)
-
   with strategy.scope():
     model, optimizer, schedule = build_training(cfg, strategy, max(source.num_classes, 1), num_examples)
-    names = ['train/total_loss', 'train/weight_decay']
-    if cfg.train_mode == 'pretrain':
-      names += ['train/contrast_loss', 'train/contrast_acc', 'train/contrast_entropy']
-    if cfg.train_mode == 'distill':
-      names += ['train/distill_loss', 'train/teacher_agreement']
-    if model.supervised_head is not None and (cfg.train_mode != 'distill' or cfg.distill_alpha):
-      names += ['train/supervised_loss', 'train/supervised_acc']
-    loop_metrics = {name: keras.metrics.Mean(name) for name in names}
+    loop_metrics = {name: keras.metrics.Mean(name) for name in metric_names(cfg, model)}
+  parameters = sum(int(tf.size(v)) for v in model.resnet_model.trainable_variables)
+  progress.status(f'Model: ResNet-{cfg.resnet_depth} x{cfg.width_multiplier:g} ({parameters / 1e6:.1f}M encoder '
+                  f'parameters); {train_steps} steps of {cfg.train_batch_size} images.')
 
   # Every worker resumes from the chief's checkpoints in model_dir (shared storage when multi-worker); the
   # others must still save (saving can involve collectives), into a local scratch dir deleted at the end.
-  output_dir = cfg.model_dir if chief else tempfile.mkdtemp(prefix='simclr-worker-')
   checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
   manager = tf.train.CheckpointManager(checkpoint, output_dir, max_to_keep=cfg.keep_checkpoint_max,
                                        checkpoint_name='ckpt', step_counter=optimizer.iterations)
-  latest = tf.train.latest_checkpoint(cfg.model_dir)
-  if latest:
-    checkpoint.read(latest).assert_existing_objects_matched()
-    logging.info('Restored checkpoint %s (step %d)', latest, optimizer.iterations.numpy())
-  elif cfg.train_mode != 'pretrain' and cfg.checkpoint:
-    restore_for_finetuning(model, cfg.checkpoint)
-    if cfg.zero_init_logits_layer:
-      for variable in model.supervised_head.trainable_variables:
-        variable.assign(tf.zeros_like(variable))
-
-  teacher = load_teacher(cfg, strategy, source) if cfg.train_mode == 'distill' else None
+  restored = model_io.restore_latest(checkpoint, cfg.model_dir)
+  if restored:
+    progress.status(f'Resuming from {restored} (step {optimizer.iterations.numpy()}).')
+  elif files['checkpoint'] is not None:
+    initialise_from(cfg, model, files['checkpoint'], max(source.num_classes, 1))
+  teacher = load_teacher(cfg, strategy, files['teacher'], source.num_classes) if cfg.train_mode == 'distill' \
+      else None
   train_step = make_train_step(cfg, model, optimizer, strategy, teacher)
+  stop = loop_lib.StopSignals()
 
   @tf.function
   def train_loop(iterator, steps):
     for _ in tf.range(steps):
+      if loop_lib.should_stop(stop.flag, strategy):
+        break
       images, labels = next(iterator)
       values = strategy.run(train_step, args=(images, labels))
       for name, value in values.items():
@@ -537,35 +606,41 @@ def train(cfg, strategy, source, chief):
 
   writer = tf.summary.create_file_writer(output_dir)
   iterator = iter(dataset)
-  progress = Progress(int(optimizer.iterations.numpy()), train_steps, cfg.train_batch_size)
-  _write_augmented_views(writer, iterator, strategy, int(optimizer.iterations.numpy()), chief)
-  while (previous := int(optimizer.iterations.numpy())) < train_steps:
-    start = time.perf_counter()
-    train_loop(iterator, tf.constant(min(loop_steps, train_steps - previous)))  # the last loop may be shorter
-    seconds = time.perf_counter() - start
-    step = int(optimizer.iterations.numpy())
+  step = int(optimizer.iterations.numpy())
+  bar = progress.Progress(step, train_steps, cfg.train_batch_size, pretrain=cfg.train_mode == 'pretrain')
+  if step < train_steps:
+    _write_augmented_views(writer, iterator, strategy, step, chief)
+    progress.status(f'Training from step {step}; the first steps include compiling the training step.')
+
+  def after_loop(previous, step, seconds):
     with writer.as_default():
       values = metrics_lib.log_and_write_metrics(loop_metrics.values(), step)
       learning_rate = float(schedule(step - 1))
       tf.summary.scalar('train/learning_rate', learning_rate, step=step)
       if cfg.knn_eval_steps and (step // cfg.knn_eval_steps > previous // cfg.knn_eval_steps or
                                  step == train_steps) and source.num_classes > 1:
-        knn = knn_monitor(cfg, source, model)
-        tf.summary.scalar('knn/top_1_accuracy', knn, step=step)
-        logging.info('Step %d: kNN top-1 %.4f', step, knn)
-        values['knn/top_1_accuracy'] = knn
+        values['knn/top_1_accuracy'] = knn_monitor(cfg, source, model)
+        tf.summary.scalar('knn/top_1_accuracy', values['knn/top_1_accuracy'], step=step)
+    writer.flush()
     if not all(math.isfinite(v) for v in values.values()):
       raise FloatingPointError(
           f'Training diverged at step {step}: {values}. No checkpoint was written for this state; the last '
           f'good one is {manager.latest_checkpoint}. Try a lower --learning_rate or a larger --warmup_epochs.')
-    manager.save(checkpoint_number=step)
-    progress.update(step, seconds, values, learning_rate)
+    bar.update(step, seconds, values, learning_rate)
     for metric in loop_metrics.values():
       metric.reset_state()
-  writer.close()
-  if not chief:
-    shutil.rmtree(output_dir, ignore_errors=True)
-  return model, manager
+
+  try:
+    with stop:
+      loop_lib.run(lambda steps: train_loop(iterator, tf.constant(steps)),
+                   lambda: int(optimizer.iterations.numpy()), train_steps,
+                   checkpoint_interval(cfg, num_examples), (cfg.knn_eval_steps, cfg.train_summary_steps),
+                   after_loop, lambda step: manager.save(checkpoint_number=step), stop)
+  finally:
+    writer.close()
+    if not chief:
+      shutil.rmtree(output_dir, ignore_errors=True)
+  return model, int(optimizer.iterations.numpy())
 
 
 def _write_augmented_views(writer, iterator, strategy, step, chief):
@@ -579,88 +654,88 @@ def _write_augmented_views(writer, iterator, strategy, step, chief):
     tf.summary.image('train/augmented_views', views, step=step, max_outputs=4)
 
 
-class Progress:
-  """A progress bar on a terminal; one line per loop otherwise. Shows step, loss, images/s and ETA."""
-
-  def __init__(self, start_step, total_steps, batch_size):
-    self.last_step = start_step
-    self.total_steps = total_steps
-    self.batch_size = batch_size
-    self.bar = keras.utils.Progbar(total_steps, stateful_metrics=['loss', 'images/s', 'lr']) \
-        if sys.stdout.isatty() else None
-
-  def update(self, step, seconds, values, learning_rate):
-    steps_done = max(step - self.last_step, 1)
-    self.last_step = step
-    images_per_sec = steps_done * self.batch_size / max(seconds, 1e-9)
-    loss = values['train/total_loss']
-    if self.bar is not None:
-      self.bar.update(step, [('loss', loss), ('images/s', images_per_sec), ('lr', learning_rate)])
-      return
-    eta = (self.total_steps - step) * seconds / steps_done
-    extra = ''.join(f' | {label} {values[name]:.3f}' for name, label in
-                    (('train/contrast_acc', 'contrast_acc'), ('train/supervised_acc', 'supervised_acc'),
-                     ('train/teacher_agreement', 'teacher_agreement'), ('knn/top_1_accuracy', 'knn_top1'))
-                    if name in values)
-    print(f'step {step}/{self.total_steps} | loss {loss:.4f}{extra} | {images_per_sec:.0f} img/s | '
-          f'ETA {_duration(eta)}', flush=True)
-
-
-def _duration(seconds):
-  seconds = int(seconds)
-  return f'{seconds // 3600}h{seconds // 60 % 60:02d}m' if seconds >= 3600 else \
-      f'{seconds // 60}m{seconds % 60:02d}s'
-
-
 # ------------------------------------------------------------------------------------------- eval
 
 
-def evaluate(cfg, strategy, source, model, step, chief, extra=None):
-  """Top-1 / top-5 of the supervised head on --eval_split, and the regularization loss; writes results."""
+def evaluate(cfg, strategy, source, model, step, chief, extra=None, export=True):
+  """Top-1 (and top-5, with more than 5 classes) of the supervised head on --eval_split and the
+  regularization loss; writes result.json, result_<step>.json, eval summaries, and the export of `step`."""
   dataset = data_lib.build_distributed_dataset(
       strategy, cfg.eval_batch_size, source, cfg.eval_split, is_training=False, image_size=cfg.image_size,
       cache=cfg.cache_dataset)
+  ks = [1] + ([5] if model.supervised_head.linear_layer.dense.units > 5 else [])
 
   def eval_step(images, labels):
     logits = model(images, training=False)['logits_sup']
-    count = tf.reduce_sum(labels)  # one-hot rows; unlabeled rows count as 0
-    hits = lambda k: tf.reduce_sum(tf.cast(tf.math.in_top_k(tf.argmax(labels, 1, output_type=tf.int32),
-                                                            logits, k), tf.float32) * tf.reduce_sum(labels, 1))
-    return tf.stack([hits(1), hits(min(5, logits.shape[-1])), count])
+    weights = tf.reduce_sum(labels, 1)  # one-hot rows; unlabeled rows count as 0
+    true = tf.argmax(labels, 1, output_type=tf.int32)
+    hits = [tf.reduce_sum(tf.cast(tf.math.in_top_k(true, logits, k), tf.float32) * weights) for k in ks]
+    return tf.stack(hits + [tf.reduce_sum(weights)])
 
   @tf.function
   def run_eval_step(images, labels):
     return strategy.reduce('SUM', strategy.run(eval_step, args=(images, labels)), axis=None)
 
-  totals = tf.zeros([3])
+  totals = tf.zeros([len(ks) + 1])
   for batch_index, (images, labels) in enumerate(dataset):
     if cfg.eval_steps and batch_index >= cfg.eval_steps:
       break
     totals += run_eval_step(images, labels)
-  top1, top5, count = (float(t) for t in totals.numpy())
-  result = {
-      'eval/label_top_1_accuracy': top1 / max(count, 1),
-      'eval/label_top_5_accuracy': top5 / max(count, 1),
-      'eval/regularization_loss': float(model_lib.weight_decay_loss(model.trainable_variables,
-                                                                    cfg.weight_decay)),
+  *hits, count = (float(t) for t in totals.numpy())
+  result = {f'eval/label_top_{k}_accuracy': h / max(count, 1) for k, h in zip(ks, hits)}
+  result.update({
+      'eval/regularization_loss': float(model_lib.weight_decay_loss(model.trainable_variables, cfg.weight_decay)),
       'eval/num_examples': int(count),
       'global_step': step,
       **(extra or {}),
-  }
+  })
   logging.info('Eval results at step %d: %s', step, result)
   if chief:
-    eval_dir = os.path.join(cfg.model_dir, 'eval_' + cfg.eval_name if cfg.eval_name else 'eval')
-    with tf.summary.create_file_writer(eval_dir).as_default():
-      for key, value in result.items():
-        if key.startswith('eval/'):
-          tf.summary.scalar(key, value, step=step)
-    for name in ('result.json', f'result_{step}.json'):
-      with tf.io.gfile.GFile(os.path.join(cfg.model_dir, name), 'w') as f:
-        json.dump(result, f, indent=1)
-    with tf.io.gfile.GFile(os.path.join(cfg.model_dir, 'flags.json'), 'w') as f:
-      json.dump(dataclasses.asdict(cfg), f, indent=1)
-    export(model, cfg, step)
+    write_results(cfg, result, step)
+    export_root = os.path.join(cfg.model_dir, 'saved_model')
+    if export and tf.io.gfile.exists(os.path.join(export_root, str(step), 'saved_model.pb')):
+      logging.info('SavedModel of step %d already exported; not rewritten.', step)
+    elif export:
+      model_io.export(model, export_root, step, cfg.keep_hub_module_max)
   return result
+
+
+def write_results(cfg, result, step):
+  """result.json, result_<step>.json and the eval summaries; says so when it replaces a different result."""
+  tf.io.gfile.makedirs(cfg.model_dir)
+  path = os.path.join(cfg.model_dir, f'result_{step}.json')
+  if tf.io.gfile.exists(path):
+    with tf.io.gfile.GFile(path) as f:
+      previous = json.load(f)
+    changed = sorted(k for k in set(previous) | set(result) if previous.get(k) != result.get(k))
+    if changed:
+      progress.status(f'Replacing the earlier evaluation of step {step} in {path} (it differs in {changed}).')
+  eval_dir = os.path.join(cfg.model_dir, 'eval_' + cfg.eval_name if cfg.eval_name else 'eval')
+  with tf.summary.create_file_writer(eval_dir).as_default():
+    for key, value in result.items():
+      if key.startswith('eval/'):
+        tf.summary.scalar(key, value, step=step)
+  for name in ('result.json', f'result_{step}.json'):
+    with tf.io.gfile.GFile(os.path.join(cfg.model_dir, name), 'w') as f:
+      json.dump(result, f, indent=1)
+  flags_path = os.path.join(cfg.model_dir, model_io.FLAGS_FILE)
+  if not tf.io.gfile.exists(flags_path):  # training writes its own; an evaluation of a file records its flags
+    with tf.io.gfile.GFile(flags_path, 'w') as f:
+      json.dump(dataclasses.asdict(cfg), f, indent=1)
+
+
+def result_lines(cfg, result):
+  """What a run says of its result on stdout."""
+  head = {'pretrain': 'Online linear head', 'finetune': 'Fine-tuned model', 'linear_eval': 'Linear evaluation',
+          'distill': 'Distilled student'}[cfg.train_mode]
+  top5 = result.get('eval/label_top_5_accuracy')
+  lines = [f'{head} ({cfg.eval_split}): top-1 {result["eval/label_top_1_accuracy"]:.4f}' +
+           (f', top-5 {top5:.4f}' if top5 is not None else '') + f' (step {result["global_step"]})']
+  if 'linear_eval/top_1_accuracy' in result:
+    lines.append(f'Linear evaluation on frozen features ({cfg.eval_split}): top-1 '
+                 f'{result["linear_eval/top_1_accuracy"]:.4f} pretrained vs '
+                 f'{result["linear_eval/random_init_top_1_accuracy"]:.4f} random init')
+  return lines
 
 
 def frozen_features(cfg, source, net, train):
@@ -680,12 +755,19 @@ def knn_monitor(cfg, source, model):
       num_classes=source.num_classes, k=cfg.knn_k, temperature=cfg.knn_temperature)['top_1_accuracy']
 
 
+def random_encoder(cfg, strategy, num_classes, seed=0):
+  """The baseline a representation must beat: this architecture, randomly initialised -- the same weights in
+  every run (seeded)."""
+  keras.utils.set_random_seed(seed)
+  with strategy.scope():
+    return build_model(cfg, num_classes, strategy.num_replicas_in_sync)
+
+
 def frozen_linear_eval(cfg, strategy, source, model):
   """Logistic regression on frozen `final_avg_pool` features of the pretrained and of a random encoder."""
-  with strategy.scope():
-    random_model = build_model(cfg, max(source.num_classes, 1), strategy.num_replicas_in_sync)
+  progress.status('Fitting logistic regressions on frozen features of the pretrained and a random encoder...')
   result = {}
-  for name, net in (('', model), ('random_init_', random_model)):
+  for name, net in (('', model), ('random_init_', random_encoder(cfg, strategy, max(source.num_classes, 1)))):
     start = time.perf_counter()
     outcome = linear_eval_lib.linear_eval(
         *frozen_features(cfg, source, net, train=True), *frozen_features(cfg, source, net, train=False),
@@ -696,88 +778,81 @@ def frozen_linear_eval(cfg, strategy, source, model):
   return result
 
 
-def embedding_plot(cfg, strategy, source):
+def embedding_plot(cfg, strategy, source, files):
   """--mode=embed_plot: PCA of --eval_split features, a random encoder (left) next to the trained one (right),
-  as model_dir/embedding.png. The trained one: the latest checkpoint of model_dir, else --checkpoint."""
-  with strategy.scope():
-    random_model, trained = (build_model(cfg, max(source.num_classes, 1), strategy.num_replicas_in_sync)
-                             for _ in range(2))
-  latest = tf.train.latest_checkpoint(cfg.model_dir)
-  if latest:
-    tf.train.Checkpoint(model=trained).read(latest).expect_partial()
-  else:
-    restore_for_finetuning(trained, cfg.checkpoint)
+  as model_dir/embedding.png. The trained one: --checkpoint, else model_dir's latest checkpoint."""
+  file = files['checkpoint'] or model_io.inspect(cfg.model_dir)
+  trained = load_file_model(cfg, strategy, file)
+  random_model = random_encoder(as_file_model(cfg, file), strategy, file.architecture.num_classes or 1)
   panels = [frozen_features(cfg, source, net, train=False) for net in (random_model, trained)]
   tf.io.gfile.makedirs(cfg.model_dir)
   return embed_plot_lib.save_embedding_plot(os.path.join(cfg.model_dir, 'embedding.png'), panels)
 
 
-def restore_for_eval(model, path):
-  """Restores the model of a training checkpoint `<model_dir>/ckpt-<step>`; returns that global step.
-
-  `train` names every checkpoint by the optimizer's iteration count, so the name is the step whatever the
-  optimizer's structure (under mixed_float16 the counter sits inside the loss-scale optimizer).
-  """
-  tf.train.Checkpoint(model=model).read(path).expect_partial()
-  return int(os.path.basename(path).rsplit('-', 1)[1])
-
-
 def eval_checkpoints(cfg, strategy, source, chief):
-  """--mode=eval: evaluates each checkpoint of model_dir as it appears, until --eval_timeout passes idle."""
+  """--mode=eval of model_dir: evaluates its latest checkpoint, then each newer one as it appears, until the
+  final step or --eval_timeout seconds without a new one. Unreadable checkpoints are skipped (warning)."""
   with strategy.scope():
     model = build_model(cfg, max(source.num_classes, 1), strategy.num_replicas_in_sync)
-  last_step = final_step(cfg, source)
-  result = None
-  for path in tf.train.checkpoints_iterator(cfg.model_dir, min_interval_secs=1, timeout=cfg.eval_timeout):
-    result = evaluate(cfg, strategy, source, model, restore_for_eval(model, path), chief)
-    if result['global_step'] >= last_step:
+  last_step = final_step(cfg, training_examples(cfg, source)[0])
+  results, evaluated, idle_since = [], set(), time.monotonic()
+  while True:
+    paths = [p for p in model_io.checkpoint_paths(cfg.model_dir) if p not in evaluated]
+    if paths:
+      path = paths[-1]  # the newest, as the authors' evaluator does
+      evaluated.add(path)
+      step = model_io.read_training_checkpoint(model, path)
+      if step is not None:
+        result = evaluate(cfg, strategy, source, model, step, chief)
+        results.append(result)
+        print(result_lines(cfg, result)[0], flush=True)
+        if step >= last_step:
+          break
+      idle_since = time.monotonic()
+    elif time.monotonic() - idle_since >= cfg.eval_timeout:
       break
-  return result
+    else:
+      time.sleep(1)
+  if not results:
+    raise UsageError(f'--mode=eval: no readable checkpoint in --model_dir={cfg.model_dir}.')
+  latest = results[-1]
+  print(f'Evaluated {len(results)} checkpoint(s); latest step {latest["global_step"]}: top-1 '
+        f'{latest["eval/label_top_1_accuracy"]:.4f}. Results: {os.path.join(cfg.model_dir, "result.json")}',
+        flush=True)
 
 
-
-# ------------------------------------------------------------------------------------------- export
-
-
-class ExportModule(tf.Module):
-  """What a SavedModel export holds: `module(images, trainable)` -> dict of named endpoints.
-
-  The interface of the SimCLR authors' released models (so code written for them works), plus a
-  `serving_default` signature so Keras 3's `keras.layers.TFSMLayer(path)` can load it. Images: float [0, 1],
-  `[B, H, W, 3]`, any size.
-  """
-
-  def __init__(self, model):
-    super().__init__()
-    self.model = model
-
-  @tf.function
-  def __call__(self, images, trainable=False):
-    outputs = self.model(images, training=trainable)
-    return {key: value for key, value in outputs.items() if value is not None}
+def eval_file(cfg, strategy, source, chief, file):
+  """--mode=eval --checkpoint=FILE: the file's own classifier (logits_sup) on --eval_split, no training."""
+  arch = file.architecture
+  if arch.num_classes is None:
+    raise UsageError(f'--checkpoint={file.path} has no classifier (logits_sup) to evaluate: fine-tune it first, '
+                     'or use --train_mode=linear_eval.')
+  if arch.num_classes != source.num_classes:
+    raise UsageError(f'--checkpoint={file.path} predicts {arch.num_classes} classes; --dataset={cfg.dataset} has '
+                     f'{source.num_classes}.')
+  model = load_file_model(cfg, strategy, file)
+  result = evaluate(as_file_model(cfg, file), strategy, source, model, file.step, chief, export=False)
+  print(result_lines(as_file_model(cfg, file), result)[0], flush=True)
+  print(f'Results: {os.path.join(cfg.model_dir, "result.json")}', flush=True)
 
 
-def export(model, cfg, step):
-  """Writes model_dir/saved_model/<step>/ atomically (temporary dir, then rename) and prunes old exports."""
-  root = os.path.join(cfg.model_dir, 'saved_model')
-  final = os.path.join(root, str(step))
-  tmp = final + '.tmp'
-  if tf.io.gfile.exists(tmp):
-    tf.io.gfile.rmtree(tmp)
-  module = ExportModule(model)
-  spec = tf.TensorSpec([None, None, None, 3], tf.float32, name='images')
-  module.__call__.get_concrete_function(spec, trainable=True)
-  module.__call__.get_concrete_function(spec, trainable=False)
-  serving = tf.function(lambda images: module(images, trainable=False), input_signature=[spec])
-  tf.saved_model.save(module, tmp, signatures={'serving_default': serving})
-  if tf.io.gfile.exists(final):
-    tf.io.gfile.rmtree(final)
-  tf.io.gfile.rename(tmp, final)
-  exports = sorted((int(d.rstrip('/')) for d in tf.io.gfile.listdir(root) if d.rstrip('/').isdigit()))
-  for old in exports[:-cfg.keep_hub_module_max] if cfg.keep_hub_module_max > 0 else []:
-    tf.io.gfile.rmtree(os.path.join(root, str(old)))
-  logging.info('Exported SavedModel to %s', final)
-  return final
+def export_file(cfg, strategy, files):
+  """--mode=export: this project's SavedModel of --checkpoint (or model_dir's latest checkpoint), no training."""
+  file = files['checkpoint'] or model_io.inspect(cfg.model_dir)
+  model = load_file_model(cfg, strategy, file)
+  path = model_io.export(model, os.path.join(cfg.model_dir, 'saved_model'), file.step, cfg.keep_hub_module_max)
+  print(f'Exported {file.describe()} to {path}', flush=True)
+
+
+def finished_run(cfg, num_examples):
+  """The step of a finished run in model_dir (its final checkpoint, and its results for train_then_eval), or None."""
+  paths = model_io.checkpoint_paths(cfg.model_dir)
+  step = model_io.checkpoint_step(paths[-1]) if paths else None
+  if step is None or step < final_step(cfg, num_examples) or not model_io.readable(paths[-1]):
+    return None
+  if cfg.mode == 'train_then_eval' and not tf.io.gfile.exists(os.path.join(cfg.model_dir, f'result_{step}.json')):
+    return None
+  return step
 
 
 # ------------------------------------------------------------------------------------------- main
@@ -786,45 +861,62 @@ def export(model, cfg, step):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not DETAIL:
+    progress.quiet(ROOT)
+    logging.set_verbosity(logging.WARNING)
+  explicit = explicit_flags()
   cfg = Config.from_flags()
   try:
+    cfg = run_flags(cfg, explicit)
+    validate(cfg)
+    files = {flag: inspect_model_file(cfg, flag) for flag in ('checkpoint', 'teacher')}
+    if files['checkpoint'] is not None:
+      cfg = adopt_architecture(cfg, explicit, files['checkpoint'])
+      validate(cfg)
     strategy = build_strategy(cfg)
     validate(cfg, strategy.num_replicas_in_sync)
+    progress.status(f'Preparing data: {cfg.dataset}...')
     source = data_lib.load_source(cfg.dataset, cfg.data_dir, cfg.strict_images)
-  except (UsageError, data_lib.DataError) as error:
+    num_examples, subset_ids = training_examples(cfg, source)
+  except (UsageError, data_lib.DataError, model_io.ModelFileError) as error:
     sys.exit(f'Error: {error}')
+  progress.status(f'Data: {source.name}, ' + ', '.join(f'{n:,} {split}' for split, n in source.split_sizes.items()) +
+                  f' images, {source.num_classes} classes.')
   if cfg.lineareval_while_pretraining and source.num_classes == 0 and cfg.train_mode == 'pretrain':
     logging.warning('%s has no labels: no online linear evaluation.', source.name)
-    cfg = dataclasses.replace(cfg, lineareval_while_pretraining=False)
+    cfg = cfg.replace(lineareval_while_pretraining=False)
   chief = is_chief(strategy)
-  if chief:
-    tf.io.gfile.makedirs(cfg.model_dir)
-
-  if cfg.mode == 'eval':
-    eval_checkpoints(cfg, strategy, source, chief)
-    return
-  if cfg.mode == 'embed_plot':
-    print(f'Embedding plot (random encoder | trained): {embedding_plot(cfg, strategy, source)}', flush=True)
-    return
   try:
-    model, manager = train(cfg, strategy, source, chief)
-  except UsageError as error:
+    if cfg.mode == 'export':
+      export_file(cfg, strategy, files)
+    elif cfg.mode == 'eval' and files['checkpoint'] is not None:
+      eval_file(cfg, strategy, source, chief, files['checkpoint'])
+    elif cfg.mode == 'eval':
+      eval_checkpoints(cfg, strategy, source, chief)
+    elif cfg.mode == 'embed_plot':
+      print(f'Embedding plot (random encoder | trained): {embedding_plot(cfg, strategy, source, files)}', flush=True)
+    elif (step := finished_run(cfg, num_examples)) is not None:
+      where = os.path.join(cfg.model_dir, 'result.json') if cfg.mode == 'train_then_eval' else cfg.model_dir
+      print(f'Training finished at step {step}; results in {where}', flush=True)
+      if cfg.mode == 'train_then_eval':
+        with tf.io.gfile.GFile(os.path.join(cfg.model_dir, f'result_{step}.json')) as f:
+          print('\n'.join(result_lines(cfg, json.load(f))), flush=True)
+    else:
+      model, step = train(cfg, strategy, source, chief, num_examples, subset_ids, files)
+      if cfg.mode == 'train_then_eval':
+        extra = {}
+        if cfg.train_mode == 'pretrain' and cfg.linear_eval and source.num_classes > 1:
+          extra = frozen_linear_eval(cfg, strategy, source, model)
+        progress.status(f'Evaluating on {cfg.eval_split}...')
+        result = evaluate(cfg, strategy, source, model, step, chief, extra)
+        print('\n'.join(result_lines(cfg, result)), flush=True)
+        print(f'Results: {os.path.join(cfg.model_dir, "result.json")}', flush=True)
+  except (UsageError, data_lib.DataError, model_io.ModelFileError) as error:
     sys.exit(f'Error: {error}')
-  if cfg.mode == 'train_then_eval':
-    extra = {}
-    if cfg.train_mode == 'pretrain' and cfg.linear_eval and source.num_classes > 1:
-      extra = frozen_linear_eval(cfg, strategy, source, model)
-    result = evaluate(cfg, strategy, source, model, int(manager.checkpoint.optimizer.iterations.numpy()),
-                      chief, extra)
-    head = {'pretrain': 'Online linear head', 'finetune': 'Fine-tuned model', 'linear_eval': 'Linear evaluation',
-            'distill': 'Distilled student'}[cfg.train_mode]
-    print(f'{head} ({cfg.eval_split}): top-1 {result["eval/label_top_1_accuracy"]:.4f}, '
-          f'top-5 {result["eval/label_top_5_accuracy"]:.4f} (step {result["global_step"]})', flush=True)
-    if extra:
-      print(f'Linear evaluation on frozen features ({cfg.eval_split}): top-1 '
-            f'{extra["linear_eval/top_1_accuracy"]:.4f} pretrained vs '
-            f'{extra["linear_eval/random_init_top_1_accuracy"]:.4f} random init', flush=True)
-    print(f'Results: {os.path.join(cfg.model_dir, "result.json")}', flush=True)
+  except loop_lib.Stopped as stopped:
+    print(f'Stopped by {stopped.signal_name} at step {stopped.step}; checkpoint written to {cfg.model_dir}. Run the '
+          'same command to resume.', flush=True)
+    sys.exit(130 if stopped.signal_name == 'SIGINT' else 143)
 
 
 if __name__ == '__main__':

@@ -26,10 +26,10 @@ def main(argv):
   captured = {}
   train = run.train
 
-  def capture_train(cfg, strategy, source, chief):
-    model, manager = train(cfg, strategy, source, chief)
+  def capture_train(cfg, strategy, source, chief, *args):
+    model, step = train(cfg, strategy, source, chief, *args)
     captured.update(model=model, cfg=cfg, strategy=strategy, source=source)
-    return model, manager
+    return model, step
 
   run.train = capture_train
   run.main(argv[:1])

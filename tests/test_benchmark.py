@@ -3,7 +3,7 @@ input benchmark from files, tiny."""
 
 import os
 
-from absl import logging as absl_logging
+import logging
 import keras
 import numpy as np
 import pytest
@@ -52,13 +52,15 @@ def test_input_benchmark_reads_a_folder_and_caches_its_scan(tmp_path, capsys, ca
   benchmark.main(['make_folder', f'--out={out}', '--num_images=6', '--min_size=40', '--max_size=48', '--classes=2'])
   for path in (tmp_path / 'jpegs').glob('train/*/*.jpg'):
     os.utime(path, ns=(1_600_000_000 * 10 ** 9,) * 2)  # long-written files: their verdicts are cached
-  verbosity = absl_logging.get_verbosity()
+  absl_logger, root = logging.getLogger('absl'), logging.getLogger()
+  level, handlers = absl_logger.level, list(root.handlers)
   try:
     for _ in range(2):
       benchmark.main(['input', f'--dataset={out}', '--image_size=16', '--batch_size=2', '--seconds=0.2',
                       f'--cache_dir={cache}'])
-  finally:
-    absl_logging.set_verbosity(verbosity)
+  finally:  # benchmark.main raises absl's verbosity; later tests capture INFO logs
+    absl_logger.setLevel(level)
+    root.handlers[:] = handlers
   printed = capsys.readouterr().out
   assert printed.count('first_batch_sec: ') == 2 and printed.strip().splitlines()[-1].startswith('images_per_sec: ')
   assert '6 files checked, 0 verdicts' in caplog.text and '0 files checked, 6 verdicts' in caplog.text

@@ -159,11 +159,18 @@ def test_schedule_matches_reference(base_lr, num_examples, batch, warmup_epochs,
   assert float(clone(total // 3)) == pytest.approx(float(schedule(total // 3)))
 
 
+def test_a_warmup_longer_than_training_rises_all_run_as_the_authors_schedule_does():
+  schedule = model.WarmUpAndCosineDecay(1.0, 1000, 100, warmup_epochs=20, train_epochs=10)  # 200 > 101 steps
+  steps = range(0, schedule.total_steps + 1, 10)
+  np.testing.assert_allclose([float(schedule(s)) for s in steps], [s / 200 * (100 / 256) for s in steps],
+                             rtol=1e-5, atol=1e-8)
+
+
 def test_schedule_validation():
   with pytest.raises(ValueError, match='learning_rate_scaling'):
     model.WarmUpAndCosineDecay(0.1, 100, 10, 1, 10, scaling='log')
-  with pytest.raises(ValueError, match='warmup'):
-    model.WarmUpAndCosineDecay(0.1, 100, 10, warmup_epochs=20, train_epochs=10)
+  with pytest.raises(ValueError, match='warmup_epochs must be >= 0'):
+    model.WarmUpAndCosineDecay(0.1, 100, 10, warmup_epochs=-1, train_epochs=10)
   with pytest.raises(ValueError, match='train_steps or train_epochs'):
     model.get_train_steps(100, 10)
 

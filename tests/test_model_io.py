@@ -178,15 +178,14 @@ def test_strays_outside_the_known_layers_are_refused(tmp_path):
 
 
 @pytest.mark.parametrize('kwargs', [
-    dict(resnet_depth=18, width_multiplier=0.25, cifar_stem=True, ft_proj_selector=2),
-    dict(resnet_depth=34, width_multiplier=0.125, cifar_stem=False, sk_ratio=0.0625, se_ratio=0.25,
-         num_proj_layers=2, proj_out_dim=16),
-    dict(resnet_depth=50, width_multiplier=0.0625, cifar_stem=False, se_ratio=0.25, proj_head_mode='linear',
+    dict(resnet_depth=18, width_multiplier=0.125, cifar_stem=False, sk_ratio=0.0625, se_ratio=0.25,
+         num_proj_layers=2, proj_out_dim=16, ft_proj_selector=1),
+    dict(resnet_depth=50, width_multiplier=0.0625, cifar_stem=True, se_ratio=0.25, proj_head_mode='linear',
          proj_out_dim=24),
 ])
 def test_this_projects_checkpoints_and_exports_read_back(tmp_path, kwargs):
-  """Architectures the fixtures do not cover (basic blocks with SK + SE, a 2-layer and a linear head, SE in
-  bottlenecks, a head on projection layer 2), from this project's own training checkpoint and export."""
+  """Architectures the fixtures do not cover (basic blocks with SK + SE and a 2-layer head read from its layer 1,
+  a CIFAR-stem bottleneck ResNet with SE and a linear head), from this project's training checkpoint and export."""
   keras.utils.set_random_seed(1)
   net = model_lib.SimCLRModel(7, global_bn=False, train_mode='finetune', **kwargs)
   size = 32 if kwargs['cifar_stem'] else 64
@@ -256,8 +255,8 @@ def test_export_takes_float32_float64_and_uint8_and_serves_keras_3(tmp_path):
 def test_export_is_a_reusable_savedmodel_for_tf_hub(tmp_path):
   """hub.KerasLayer(trainable=True) in a tf-keras model: the encoder's weights are its trainable weights, all get
   gradients, and one optimizer step changes them."""
-  hub = pytest.importorskip('tensorflow_hub')
-  tf_keras = pytest.importorskip('tf_keras')
+  import tensorflow_hub as hub  # pylint: disable=g-import-not-at-top  (test-only requirements)
+  import tf_keras  # pylint: disable=g-import-not-at-top
   net = model_lib.SimCLRModel(5, resnet_depth=18, width_multiplier=0.125, cifar_stem=True, global_bn=False,
                               train_mode='finetune')
   net(tf.zeros([1, 16, 16, 3]), training=False)

@@ -5,8 +5,11 @@ import dataclasses
 import glob
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import keras
 import numpy as np
@@ -15,16 +18,19 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 import model as model_lib
+import model_io
 import run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+AUTHORS = os.path.join(ROOT, '..', 'shared', 'fixtures', 'authors_tf2')  # written by the authors' own tf2 code
 TINY = ['--resnet_depth=18', '--width_multiplier=0.25', '--image_size=32', '--train_batch_size=16',
         '--eval_batch_size=64', '--eval_steps=2', '--warmup_epochs=0', '--checkpoint_steps=2',
         '--linear_eval_max_examples=256']
 
 
 def run_py(*args, check=True):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', CUDA_VISIBLE_DEVICES='')
+  """run.py as a user runs it: a subprocess in a plain environment (TensorFlow's own defaults)."""
+  env = {k: v for k, v in os.environ.items() if k not in ('TF_CPP_MIN_LOG_LEVEL', 'CUDA_VISIBLE_DEVICES')}
   result = subprocess.run([sys.executable, os.path.join(ROOT, 'run.py'), *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
   if check and result.returncode != 0:
@@ -81,7 +87,8 @@ def test_pretrain_writes_checkpoints_results_export_and_summaries(pretrained):
   assert os.path.exists(os.path.join(model_dir, 'result_4.json'))
   assert json.load(open(os.path.join(model_dir, 'flags.json')))['train_steps'] == 4
   assert os.listdir(os.path.join(model_dir, 'saved_model')) == ['4']
-  assert 'step 4/4 | loss' in result.stdout and 'img/s' in result.stdout  # one line per loop (no TTY)
+  assert 'step 4/4 | contrast_loss' in result.stdout and 'img/s' in result.stdout  # one line per loop (no TTY)
+  assert '| head_acc ' in result.stdout  # the online linear head's accuracy, a column of its own
   assert 'Online linear head (test): top-1' in result.stdout
   assert 'Linear evaluation on frozen features (test): top-1' in result.stdout
   assert 0 <= outcome['linear_eval/top_1_accuracy'] <= 1 and 'linear_eval/random_init_top_1_accuracy' in outcome
@@ -99,7 +106,8 @@ def test_linear_eval_mode_trains_a_head_on_the_frozen_encoder(pretrained, shapes
   eval_dir = str(tmp_path / 'linear_eval')
   result = run_py(f'--data_dir={shapes_data_dir}', f'--model_dir={eval_dir}', '--train_mode=linear_eval',
                   f'--checkpoint={os.path.join(model_dir, "saved_model", "4")}', '--train_steps=4',
-                  '--optimizer=momentum', '--learning_rate=0.1', '--weight_decay=1e-3', *TINY)  # decay: frozen is frozen
+                  '--optimizer=momentum', '--learning_rate=0.1', '--weight_decay=1e-3',  # decay: frozen is frozen
+                  *TINY)
   assert 'Linear evaluation (test): top-1' in result.stdout
   pretrained_net, evaluated_net = tiny_model(), tiny_model('linear_eval')
   tf.train.Checkpoint(model=pretrained_net).read(os.path.join(model_dir, 'ckpt-4')).expect_partial()
@@ -114,13 +122,17 @@ def test_linear_eval_mode_trains_a_head_on_the_frozen_encoder(pretrained, shapes
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('teacher', ['saved_model', 'model_dir'])
+@pytest.mark.parametrize('teacher', ['saved_model', 'model_dir', 'authors'])
 def test_distill_from_a_finetuned_teacher(finetuned, shapes_data_dir, tmp_path, teacher):
-  path = os.path.join(finetuned, 'saved_model', '2') if teacher == 'saved_model' else finetuned
+  """From this project's export or run, and from the authors' fine-tuned SavedModel (ResNet-50, 10 classes):
+  the teacher's network comes from its file, the model flags describe the student."""
+  path = {'saved_model': os.path.join(finetuned, 'saved_model', '2'), 'model_dir': finetuned,
+          'authors': os.path.join(AUTHORS, 'r50_sk0_finetune', 'saved_model')}[teacher]
   student_dir = str(tmp_path / 'student')
   result = run_py(f'--data_dir={shapes_data_dir}', f'--model_dir={student_dir}', '--train_mode=distill',
                   f'--teacher={path}', '--train_steps=2', *TINY, '--width_multiplier=0.125')  # big -> small
   assert 'Distilled student (test): top-1' in result.stdout and 'teacher_agreement' in result.stdout
+  assert ('Teacher: the authors\' SavedModel' in result.stdout) == (teacher == 'authors')
   assert sorted(scalars(student_dir, 'train/distill_loss')) == [2]
   assert not scalars(student_dir, 'train/supervised_loss')  # --distill_alpha=0: no label is used
   assert json.load(open(os.path.join(student_dir, 'result.json')))['global_step'] == 2
@@ -164,7 +176,7 @@ def test_finetune_starts_from_pretrained_encoder(pretrained, shapes_data_dir, tm
   finetune_dir = str(tmp_path / 'finetune')
   run_py(f'--data_dir={shapes_data_dir}', f'--model_dir={finetune_dir}', '--train_mode=finetune',
          f'--checkpoint={checkpoint}', '--fine_tune_after_block=4', '--zero_init_logits_layer',
-         '--train_steps=2', '--mode=train', *TINY)
+         '--train_steps=2', '--mode=train', '--weight_decay=0', *TINY)
   pretrained_net, finetuned_net = tiny_model(), tiny_model('finetune')
   tf.train.Checkpoint(model=pretrained_net).read(os.path.join(model_dir, 'ckpt-4')).expect_partial()
   tf.train.Checkpoint(model=finetuned_net).read(os.path.join(finetune_dir, 'ckpt-2')).expect_partial()
@@ -174,32 +186,40 @@ def test_finetune_starts_from_pretrained_encoder(pretrained, shapes_data_dir, tm
   assert np.any(finetuned_net.supervised_head.variables[0].numpy())
   assert not os.path.exists(os.path.join(finetune_dir, 'result.json'))  # --mode=train does not evaluate
 
-  result = run_py(f'--data_dir={shapes_data_dir}', f'--model_dir={finetune_dir}', '--train_mode=finetune',
-                  '--mode=eval', '--train_steps=2', *TINY)
+  # --mode=eval with only the run's model_dir: the run's flags (train_mode, weight decay 0, ...) from its flags.json.
+  result = run_py(f'--data_dir={shapes_data_dir}', f'--model_dir={finetune_dir}', '--mode=eval', '--eval_steps=2',
+                  '--eval_batch_size=64')
   outcome = json.load(open(os.path.join(finetune_dir, 'result.json')))
-  assert outcome['global_step'] == 2 and 'eval/label_top_1_accuracy' in outcome
-  assert result.returncode == 0
+  assert outcome['global_step'] == 2 and outcome['eval/regularization_loss'] == 0.0
+  lines = result.stdout.strip().splitlines()
+  assert lines[-2] == (f'Fine-tuned model (test): top-1 {outcome["eval/label_top_1_accuracy"]:.4f}, top-5 '
+                       f'{outcome["eval/label_top_5_accuracy"]:.4f} (step 2)')
+  assert lines[-1].startswith(f'Evaluated 1 checkpoint(s); latest step 2: top-1 '
+                              f'{outcome["eval/label_top_1_accuracy"]:.4f}.')
+  assert 'Timed-out' not in result.stderr and not result.stderr.strip()
+  assert os.listdir(os.path.join(finetune_dir, 'saved_model')) == ['2']
 
 
 @pytest.mark.slow
-def test_resume_continues_at_the_saved_step_with_the_same_learning_rate(pretrained, shapes_data_dir):
+def test_resume_skips_a_truncated_latest_checkpoint_and_keeps_the_schedule(pretrained, shapes_data_dir):
+  """A damaged latest checkpoint (its data file cut short, as after a full disk) is skipped with a warning naming
+  it; training resumes from the newest readable one with the same learning rate."""
   model_dir, _ = pretrained
   first_lr = scalars(model_dir, 'train/learning_rate')
-  # Pretend the run died after its first checkpoint: drop ckpt-4 and point the state file at ckpt-2.
-  for path in glob.glob(os.path.join(model_dir, 'ckpt-4.*')):
-    os.remove(path)
-  with open(os.path.join(model_dir, 'checkpoint'), 'w') as f:
-    f.write('model_checkpoint_path: "ckpt-2"\nall_model_checkpoint_paths: "ckpt-2"\n')
+  data_file = glob.glob(os.path.join(model_dir, 'ckpt-4.data-*'))[0]
+  with open(data_file, 'r+b') as f:
+    f.truncate(os.path.getsize(data_file) // 3)
   os.makedirs(os.path.join(model_dir, 'first_run'))
   for path in glob.glob(os.path.join(model_dir, 'events.out.tfevents.*')):
     os.rename(path, os.path.join(model_dir, 'first_run', os.path.basename(path)))
   result = run_py(f'--data_dir={shapes_data_dir}', f'--model_dir={model_dir}', '--train_steps=4',
                   '--mode=train', *TINY)
-  assert 'Restored checkpoint' in result.stderr and '(step 2)' in result.stderr
+  assert 'WARNING: Skipping checkpoint' in result.stderr and 'ckpt-4' in result.stderr
+  assert 'Resuming from' in result.stdout and '(step 2)' in result.stdout
   resumed_lr = scalars(model_dir, 'train/learning_rate')
   assert list(resumed_lr) == [4]  # only the remaining loop ran
   assert resumed_lr[4] == pytest.approx(first_lr[4])
-  assert os.path.exists(os.path.join(model_dir, 'ckpt-4.index'))
+  assert model_io.readable(os.path.join(model_dir, 'ckpt-4'))  # written again, whole
 
 
 def test_distillation_step_teaches_the_student_the_teachers_rule():
@@ -246,22 +266,6 @@ def test_recipes_name_real_flags_with_valid_values(path):
   run.validate(cfg, num_replicas=8)
 
 
-@pytest.mark.parametrize('precision', ['float32', 'mixed_float16'])
-def test_restore_for_eval_reads_the_global_step(tmp_path, precision):
-  """The step of a checkpoint as train() writes it, also under mixed_float16 where the optimizer's counter
-  sits inside the loss-scale optimizer (reading it by variable path gave 0 there)."""
-  cfg = config(train_mode='finetune', precision=precision, train_steps=10, warmup_epochs=0, image_size=16)
-  model, optimizer, _ = run.build_training(cfg, tf.distribute.get_strategy(), num_classes=3, num_examples=100)
-  optimizer.iterations.assign(7)
-  model.supervised_head.trainable_variables[0].assign(tf.ones_like(model.supervised_head.trainable_variables[0]))
-  manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model, optimizer=optimizer), str(tmp_path),
-                                       max_to_keep=1, checkpoint_name='ckpt', step_counter=optimizer.iterations)
-  path = manager.save(checkpoint_number=int(optimizer.iterations.numpy()))  # as train() saves
-  restored = run.build_model(cfg, 3)
-  assert run.restore_for_eval(restored, path) == 7
-  np.testing.assert_array_equal(restored.supervised_head.trainable_variables[0].numpy(), 1.0)
-
-
 def config(**overrides):
   defaults = {field.name: run.FLAGS[field.name].default for field in dataclasses.fields(run.Config)}
   return run.Config(**{**defaults, **overrides})
@@ -275,7 +279,6 @@ def config(**overrides):
     (dict(label_fraction=0.1), 1, '--label_fraction applies to --train_mode=finetune'),
     (dict(label_fraction=1.5, train_mode='finetune', random_init=True), 1, 'label_fraction must be in'),
     (dict(mode='eval', model_dir='/nonexistent'), 1, 'found no checkpoint'),
-    (dict(train_mode='finetune', checkpoint='/nonexistent/ckpt-1'), 1, 'does not exist'),
     (dict(train_mode='finetune', checkpoint='x', random_init=True), 1, 'exclusive'),
     (dict(temperature=0.0), 1, '--temperature'),
     (dict(jit_compile=True), 2, '--jit_compile needs one replica'),
@@ -283,10 +286,21 @@ def config(**overrides):
     (dict(train_mode='linear_eval', random_init=True, fine_tune_after_block=2), 1, 'freezes the whole encoder'),
     (dict(train_mode='distill'), 1, '--train_mode=distill needs --teacher'),
     (dict(teacher='/tmp'), 1, '--teacher applies to --train_mode=distill only'),
-    (dict(train_mode='distill', teacher='/nonexistent'), 1, '--teacher=/nonexistent does not exist'),
     (dict(train_mode='distill', teacher='/tmp', distill_temperature=0), 1, '--distill_temperature'),
     (dict(train_mode='finetune', random_init=True, knn_eval_steps=5), 1, '--knn_eval_steps monitors'),
     (dict(mode='embed_plot', model_dir='/nonexistent'), 1, '--mode=embed_plot needs a checkpoint'),
+    (dict(mode='export', model_dir='/nonexistent'), 1, '--mode=export needs a checkpoint'),
+    (dict(resnet_depth=19), 1, '--resnet_depth must be one of 18, 34, 50, 101, 152, 200, got 19'),
+    (dict(width_multiplier=0.0), 1, '--width_multiplier must be > 0'),
+    (dict(width_multiplier=0.01), 1, 'leave at least 2 stem channels'),
+    (dict(sk_ratio=-0.1), 1, '--sk_ratio must be in'),
+    (dict(se_ratio=2.0), 1, '--se_ratio must be in'),
+    (dict(proj_out_dim=0), 1, '--proj_out_dim must be >= 1'),
+    (dict(num_proj_layers=0), 1, '--num_proj_layers must be >= 1'),
+    (dict(ft_proj_selector=4), 1, '--ft_proj_selector must be in 0..3'),
+    (dict(fine_tune_after_block=5, train_mode='finetune', random_init=True), 1, '--fine_tune_after_block must be'),
+    (dict(use_tpu=True), 1, '--use_tpu needs --tpu_name'),
+    (dict(checkpoint_steps=-1), 1, '--checkpoint_steps and --train_summary_steps must be >= 0'),
 ])
 def test_bad_flag_combinations_fail_with_one_line(overrides, replicas, message):
   with pytest.raises(run.UsageError, match=message) as error:
@@ -294,10 +308,179 @@ def test_bad_flag_combinations_fail_with_one_line(overrides, replicas, message):
   assert '\n' not in str(error.value)
 
 
+@pytest.mark.parametrize('flag', ['checkpoint', 'teacher'])
+def test_model_paths_that_do_not_exist_name_the_flag(flag):
+  with pytest.raises(run.UsageError) as error:
+    run.inspect_model_file(config(**{flag: '/nonexistent/ckpt-1'}), flag)
+  assert str(error.value) == f'--{flag}=/nonexistent/ckpt-1 does not exist.'
+
+
 def test_bad_flags_on_the_command_line(tmp_path):
   result = run_py('--optimizer=rmsprop', check=False)
   assert result.returncode != 0 and 'rmsprop' in result.stderr and 'optimizer' in result.stderr
+  for flag, message in (('--resnet_depth=19', 'Error: --resnet_depth must be one of 18, 34, 50, 101, 152, 200, '
+                                              'got 19.'),
+                        ('--width_multiplier=0', 'Error: --width_multiplier must be > 0'),
+                        ('--use_tpu', 'Error: --use_tpu needs --tpu_name')):
+    result = run_py(flag, f'--model_dir={tmp_path / "x"}', check=False)
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(message)
+  assert not (tmp_path / 'x').exists()
   result = run_py('--dataset=/no/such/folder', f'--model_dir={tmp_path}', check=False)
   assert result.returncode == 1
   assert result.stderr.strip().splitlines()[-1] == (
       'Error: Image folder /no/such/folder does not exist (--dataset is a path).')
+
+
+# ------------------------------------------------------------------------------------------- the authors' models
+
+
+def write_image_folder(root, classes=3, per_class=(6, 3), size=32):
+  """<root>/{train,test}/<class>/<i>.png: a colour per class, noise on top."""
+  rng = np.random.default_rng(0)
+  for split, count in zip(('train', 'test'), per_class):
+    for c in range(classes):
+      os.makedirs(os.path.join(root, split, f'class{c}'))
+      for i in range(count):
+        pixels = np.clip(rng.normal(60 + 70 * c, 30, size=(size, size, 3)), 0, 255).astype(np.uint8)
+        tf.io.write_file(os.path.join(root, split, f'class{c}', f'{i}.png'), tf.io.encode_png(pixels))
+  return str(root)
+
+
+@pytest.mark.slow
+def test_finetune_the_authors_checkpoint_on_an_image_folder_with_no_model_flags(tmp_path):
+  """The authors' fine-tuned ResNet-50 (SK 0, width 1/8, 10 classes on projection layer 1) from their training
+  checkpoint, on a 3-class folder: the network comes from the file, the head is new, the frozen encoder keeps
+  exactly their weights, top-5 is not reported for 3 classes; a contradicting model flag stops at once."""
+  folder = write_image_folder(tmp_path / 'images')
+  checkpoint = os.path.join(AUTHORS, 'r50_sk0_finetune', 'ckpt')
+  model_dir = str(tmp_path / 'ft')
+  args = [f'--dataset={folder}', f'--model_dir={model_dir}', '--train_mode=finetune', f'--checkpoint={checkpoint}',
+          '--train_steps=2', '--train_batch_size=6', '--eval_batch_size=9', '--warmup_epochs=0',
+          '--fine_tune_after_block=4', '--zero_init_logits_layer']
+  result = run_py(*args)
+  assert "Initialised from the authors' training checkpoint" in result.stdout
+  assert 'ResNet-50 x0.125' in result.stdout and 'supervised head 10 classes on projection layer 1' in result.stdout
+  assert 'Supervised head: new, 3 classes' in result.stdout
+  outcome = json.load(open(os.path.join(model_dir, 'result.json')))
+  assert 'eval/label_top_1_accuracy' in outcome and 'eval/label_top_5_accuracy' not in outcome
+  assert 'top-5' not in result.stdout
+  ours, theirs = model_io.inspect(model_dir), model_io.inspect(checkpoint)
+  assert ours.architecture.num_classes == 3 and ours.architecture.ft_proj_selector == 1
+  ours_reader, theirs_reader = tf.train.load_checkpoint(ours.prefix), tf.train.load_checkpoint(theirs.prefix)
+  encoder = [key for key in theirs.tensors if key.startswith('resnet_model/')]
+  assert len(encoder) > 200
+  for key in encoder:  # frozen (fine_tune_after_block=4): BatchNorm statistics included
+    np.testing.assert_array_equal(ours_reader.get_tensor(ours.tensors[key][0]),
+                                  theirs_reader.get_tensor(theirs.tensors[key][0]), err_msg=key)
+
+  start = time.monotonic()
+  result = run_py(*args, f'--model_dir={tmp_path / "other"}', '--resnet_depth=18', check=False)
+  assert result.returncode == 1 and time.monotonic() - start < 60
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      f'Error: --resnet_depth=18 contradicts --checkpoint={checkpoint}, whose network has resnet_depth=50')
+  assert not (tmp_path / 'other').exists()
+
+
+@pytest.mark.slow
+def test_export_and_evaluate_the_authors_savedmodel_without_training(shapes_data_dir, tmp_path):
+  """--mode=export converts the authors' SavedModel into this project's (Keras 3 loads it, same endpoints);
+  --mode=eval --checkpoint evaluates their classifier as it is; a class-count mismatch is one line."""
+  folder = os.path.join(AUTHORS, 'r50_sk0_finetune')
+  converted = tmp_path / 'converted'
+  result = run_py('--mode=export', f'--checkpoint={folder}/saved_model', f'--model_dir={converted}')
+  assert f'to {converted}/saved_model/0' in result.stdout
+  inputs, expected = np.load(os.path.join(folder, 'inputs.npy')), np.load(os.path.join(folder, 'expected.npz'))
+  loaded = tf.saved_model.load(str(converted / 'saved_model' / '0'))
+  served = keras.layers.TFSMLayer(str(converted / 'saved_model' / '0'), call_endpoint='serving_default')(inputs)
+  for outputs in (loaded(inputs, trainable=False), served):
+    for key in expected:
+      assert np.abs(outputs[key].numpy() - expected[key]).max() < 1e-4 * np.abs(expected[key]).max(), key
+
+  eval_dir = tmp_path / 'eval'
+  result = run_py('--mode=eval', f'--checkpoint={folder}/ckpt', f'--data_dir={shapes_data_dir}',
+                  f'--model_dir={eval_dir}', '--eval_steps=1', '--eval_batch_size=32', '--image_size=64')
+  outcome = json.load(open(eval_dir / 'result.json'))
+  assert outcome['global_step'] == 0 and outcome['eval/num_examples'] == 32
+  assert f'Fine-tuned model (test): top-1 {outcome["eval/label_top_1_accuracy"]:.4f}, top-5' in result.stdout
+  assert not glob.glob(str(eval_dir / 'ckpt-*'))  # nothing was trained
+
+  result = run_py('--mode=eval', f'--checkpoint={AUTHORS}/r50_sk1_pretrain/ckpt', f'--data_dir={shapes_data_dir}',
+                  f'--model_dir={tmp_path / "eval1000"}', check=False)
+  assert result.returncode == 1 and result.stderr.strip().splitlines()[-1] == (
+      f'Error: --checkpoint={AUTHORS}/r50_sk1_pretrain/ckpt predicts 1000 classes; --dataset=simclr_shapes has 10.')
+
+
+# ------------------------------------------------------------------------------------------- long runs, output
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_the_step_in_flight_and_the_same_command_resumes(shapes_data_dir, tmp_path):
+  model_dir = str(tmp_path / 'run')
+  args = [f'--data_dir={shapes_data_dir}', f'--model_dir={model_dir}', '--mode=train', *TINY, '--train_steps=60',
+          '--checkpoint_steps=50']
+  env = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
+  process = subprocess.Popen([sys.executable, os.path.join(ROOT, 'run.py'), *args], cwd=ROOT, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    for line in process.stdout:
+      if line.startswith('step 10/60'):  # two short loops have run; the third runs to step 50
+        break
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=300)
+  finally:
+    process.kill()
+  assert process.returncode == 143, err
+  stopped = int(re.search(r'Stopped by SIGTERM at step (\d+); checkpoint written', out).group(1))
+  assert 10 <= stopped < 50, stopped  # mid-interval: not a multiple of --checkpoint_steps
+  assert os.path.exists(os.path.join(model_dir, f'ckpt-{stopped}.index'))
+  result = run_py(*args)
+  assert f'Resuming from {model_dir}/ckpt-{stopped} (step {stopped}).' in result.stdout
+  assert result.stdout.strip().splitlines()[-1].startswith('step 60/60')
+  assert [model_io.checkpoint_step(p) for p in model_io.checkpoint_paths(model_dir)] == [stopped, 50, 60]
+
+
+@pytest.mark.slow
+def test_quiet_output_progress_between_checkpoints_and_a_rerun_that_changes_nothing(shapes_data_dir, tmp_path):
+  """No library noise on stderr, only this project's warning (a warmup longer than the run); progress and
+  TensorBoard scalars every --train_summary_steps though the checkpoint interval is longer than the run; a
+  second run says it is finished and writes nothing."""
+  model_dir = tmp_path / 'run'
+  args = [f'--data_dir={shapes_data_dir}', f'--model_dir={model_dir}', '--train_steps=6', *TINY,
+          '--checkpoint_steps=0', '--train_summary_steps=2', '--warmup_epochs=1']
+  first = run_py(*args)
+  assert first.stderr.strip().splitlines() == [
+      'WARNING: --warmup_epochs=1 is 312 steps, not shorter than the 6 training steps: the learning rate rises all '
+      'run and never reaches its peak (as in the authors\' schedule).']
+  out = first.stdout.strip().splitlines()
+  assert out[0] == 'Preparing data: simclr_shapes...'
+  assert [line.split(' |')[0] for line in out if line.startswith('step ')] == ['step 2/6', 'step 4/6', 'step 6/6']
+  assert sorted(scalars(str(model_dir), 'train/contrast_loss')) == [2, 4, 6]
+  assert [os.path.basename(p) for p in model_io.checkpoint_paths(str(model_dir))] == ['ckpt-6']
+  files = {p: os.path.getmtime(p) for p in glob.glob(str(model_dir / '**'), recursive=True) if os.path.isfile(p)}
+
+  second = run_py(*args)
+  lines = second.stdout.strip().splitlines()
+  assert lines[-3] == f'Training finished at step 6; results in {model_dir}/result.json'
+  assert lines[-2:] == [line for line in out if line.startswith(('Online linear head', 'Linear evaluation on'))]
+  assert not second.stderr.strip()
+  assert files == {p: os.path.getmtime(p) for p in glob.glob(str(model_dir / '**'), recursive=True)
+                   if os.path.isfile(p)}
+
+
+def test_bad_paths_fail_before_any_data_is_loaded_and_leave_no_folder(tmp_path):
+  model_dir, data_dir = tmp_path / 'new', tmp_path / 'tfds'
+  result = run_py('--train_mode=finetune', '--checkpoint=/nonexistent/run', f'--model_dir={model_dir}',
+                  f'--data_dir={data_dir}', check=False)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines() == ['Error: --checkpoint=/nonexistent/run does not exist.']
+  assert not model_dir.exists() and not data_dir.exists()  # checked before the dataset was prepared
+
+
+def test_the_random_encoder_baseline_is_the_same_in_every_run():
+  cfg = config(width_multiplier=0.125, image_size=16)
+  strategy = tf.distribute.get_strategy()
+  first, second = (run.random_encoder(cfg, strategy, 10) for _ in range(2))
+  assert len(first.variables) > 50
+  for a, b in zip(first.variables, second.variables):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())

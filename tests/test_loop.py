@@ -1,0 +1,86 @@
+"""loop.py: how long inner loops run (progress about every 30 s whatever the checkpoint interval), and how a
+SIGTERM stops a running compiled loop after the step in flight."""
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+import tensorflow as tf
+
+import loop
+
+
+def test_loops_end_at_every_boundary_and_otherwise_last_about_the_target_time():
+  # Before the speed is known (the first loop compiles): a few steps, never past a boundary.
+  assert loop.next_loop_steps(0, 1000, (300, 0), None) == loop.FIRST_LOOP_STEPS
+  assert loop.next_loop_steps(0, 3, (300,), None) == 3
+  # 0.1 s per step: 300 steps make 30 s; capped by the next checkpoint (400), monitor (250) or the end.
+  assert loop.next_loop_steps(10, 10_000, (10_000,), 0.1) == 300
+  assert loop.next_loop_steps(200, 10_000, (400, 250), 0.1) == 50
+  assert loop.next_loop_steps(990, 1000, (10_000,), 0.1) == 10
+  assert loop.next_loop_steps(7, 1000, (10_000,), 100.0) == 1  # a slow step: one step per loop
+
+
+class FakeTrainer:
+  """Steps that take `seconds_per_step` of a fake clock; records what the outer loop does."""
+
+  def __init__(self, monkeypatch, seconds_per_step, stop_at=None):
+    self.step, self.now, self.seconds_per_step, self.stop_at = 0, 0.0, seconds_per_step, stop_at
+    self.summaries, self.saved, self.loops = [], [], []
+    self.stop = type('Stop', (), {'requested': False, 'received': 'SIGTERM'})()
+    monkeypatch.setattr(loop.time, 'perf_counter', lambda: self.now)
+
+  def run_steps(self, n):
+    self.loops.append(n)
+    for _ in range(n):
+      if self.stop.requested:
+        return
+      self.step += 1
+      self.now += self.seconds_per_step
+      if self.step == self.stop_at:
+        self.stop.requested = True  # arrives while this step is in flight: it completes, the next does not run
+
+
+def test_progress_every_30_seconds_whatever_the_checkpoint_interval(monkeypatch):
+  trainer = FakeTrainer(monkeypatch, seconds_per_step=0.25)
+  loop.run(trainer.run_steps, lambda: trainer.step, train_steps=1000, checkpoint_every=10_000, intervals=(0, 0),
+           after_loop=lambda previous, step, seconds: trainer.summaries.append((step, seconds)),
+           save=trainer.saved.append)
+  assert trainer.loops[:3] == [5, 5, 120]  # compile, measure, then 30 s loops
+  assert all(seconds <= 30.0 + 1e-9 for _, seconds in trainer.summaries)
+  assert trainer.summaries[-1][0] == 1000 and trainer.saved == [1000]  # only the end is a checkpoint
+
+
+def test_a_stop_request_saves_the_step_reached_and_raises(monkeypatch):
+  trainer = FakeTrainer(monkeypatch, seconds_per_step=0.25, stop_at=137)
+  with pytest.raises(loop.Stopped) as stopped:
+    loop.run(trainer.run_steps, lambda: trainer.step, train_steps=1000, checkpoint_every=100, intervals=(),
+             after_loop=lambda *args: None, save=trainer.saved.append, stop=trainer.stop)
+  assert stopped.value.step == 137 and stopped.value.signal_name == 'SIGTERM'
+  assert trainer.saved == [100, 137]
+
+
+def test_sigterm_stops_a_running_compiled_loop_after_the_step_in_flight():
+  """The main thread is inside a tf.function (where Python handlers cannot run) when SIGTERM arrives; the loop
+  ends before its next step and the previous handlers are back afterwards."""
+  before = signal.getsignal(signal.SIGTERM)
+  steps_done = tf.Variable(0)
+  with loop.StopSignals() as stop:
+
+    @tf.function
+    def train_loop(steps):
+      for _ in tf.range(steps):
+        if loop.should_stop(stop.flag, tf.distribute.get_strategy()):
+          break
+        tf.py_function(lambda: time.sleep(0.01), [], [])  # a ~10 ms step
+        steps_done.assign_add(1)
+
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    train_loop(tf.constant(100_000))
+    timer.join()
+    assert stop.requested and stop.received == 'SIGTERM'
+    assert 5 < int(steps_done.numpy()) < 1000
+  assert signal.getsignal(signal.SIGTERM) == before
