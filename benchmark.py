@@ -22,7 +22,7 @@ steady state.
 colour or pure noise), deterministic for `--seed`.
 
 `train` times the steady-state pretraining step of run.py (same model, NT-Xent, LARS, weight decay, online
-linear head; `run.make_train_step`) on one synthetic in-memory batch, so no input pipeline is measured.
+linear head; `objective.make_train_step`) on one synthetic in-memory batch, so no input pipeline is measured.
 `--replicas=N` splits the batch over N logical CPU devices with MirroredStrategy (synchronized BatchNorm,
 negatives gathered across replicas), so the cost of synchronization shows; `--precision` and `--jit_compile`
 are run.py's flags. It also prints the process's peak resident memory and the convolution arithmetic it
@@ -205,7 +205,7 @@ def bench_train(args):
     model = run.build_model(cfg, 10, num_replicas=2)
     optimizer = run.model_lib.build_optimizer('lars', 0.3, 0.9, 1e-6, args.precision)
     optimizer.build(model.trainable_variables)
-  step = run.make_train_step(cfg, model, optimizer, strategy)
+  step = run.obj_lib.make_train_step(cfg, model, optimizer, strategy)
   rng = np.random.default_rng(0)
   images = tf.constant(rng.uniform(size=(args.train_batch_size, args.image_size, args.image_size, 6)),
                        tf.float32)

@@ -192,6 +192,24 @@ class Architecture:
     return [(name, value, getattr(self, name)) for name, value in given.items()
             if name in self.MODEL_FLAGS and not equal(name, value)]
 
+  def as_is_flags(self):
+    """run.py flag values that build this network with its heads as they are (to use it, not to train it)."""
+    flags = dict(self.model_flags(), fine_tune_after_block=-1, zero_init_logits_layer=False)
+    if self.num_classes is None:
+      return dict(flags, train_mode='pretrain', lineareval_while_pretraining=False)
+    if self.linear_eval_endpoint:
+      return dict(flags, train_mode='linear_eval', linear_eval_endpoint=self.linear_eval_endpoint)
+    return dict(flags, train_mode='finetune', ft_proj_selector=self.ft_proj_selector)
+
+  def head_fits(self, num_classes, train_mode, ft_proj_selector, linear_eval_endpoint):
+    """Whether the file's supervised head is the one a model of these settings has: same classes, same input."""
+    if self.num_classes != num_classes:
+      return False
+    if train_mode == 'linear_eval':
+      reads = None if linear_eval_endpoint in ('final_avg_pool', 'block_group4') else linear_eval_endpoint
+      return self.linear_eval_endpoint == reads and (reads is not None or self.ft_proj_selector == 0)
+    return self.linear_eval_endpoint is None and self.ft_proj_selector == ft_proj_selector
+
   def describe(self):
     net = f'ResNet-{self.resnet_depth} x{self.width_multiplier:g}'
     net += f' SK {self.sk_ratio:g}' if self.sk_ratio else ''

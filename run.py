@@ -53,8 +53,9 @@ def _define(kind, name, default, *args, **kwargs):
 
 FLAGS = flags.FLAGS
 
-# Defaults are the CPU recipe for the embedded dataset (`python run.py` in under 10 minutes on 2 cores): the
-# authors' CIFAR-10 choices (LARS, temperature 0.5, colour strength 0.5, no blur) at batch 128 for 30 epochs.
+# Defaults are the CPU recipe for the embedded dataset (`python run.py` in about 2 minutes on 2 fast cores, so
+# under 10 on the slowest machines): the authors' CIFAR-10 choices (LARS, temperature 0.5, colour strength 0.5, no
+# blur) at batch 128 for 10 epochs.
 # configs/ holds the paper's recipes.
 
 # --- what to run
@@ -84,7 +85,7 @@ _define('float', 'color_jitter_strength', 0.5, 'Colour distortion strength s.')
 _define('bool', 'use_blur', False, 'Gaussian blur in pretraining (the paper uses it for ImageNet).')
 # --- schedule and optimisation
 _define('integer', 'train_batch_size', 128, 'Global training batch size.')
-_define('integer', 'train_epochs', 30, 'Training epochs (ignored when train_steps > 0).')
+_define('integer', 'train_epochs', 10, 'Training epochs (ignored when train_steps > 0).')
 _define('integer', 'train_steps', 0, 'Training steps; 0 = from train_epochs.')
 _define('float', 'warmup_epochs', 1, 'Linear warmup epochs.')
 _define('float', 'learning_rate', 2.0, 'Base learning rate (scaled by learning_rate_scaling).')
@@ -313,24 +314,7 @@ def adopt_architecture(cfg, explicit, file, flag='checkpoint'):
 
 def as_file_model(cfg, file):
   """`cfg` that builds the file's network with its heads as they are (eval, export, embedding plot, teacher)."""
-  arch = file.architecture
-  cfg = cfg.replace(**arch.model_flags(), fine_tune_after_block=-1, zero_init_logits_layer=False)
-  if arch.num_classes is None:
-    return cfg.replace(train_mode='pretrain', lineareval_while_pretraining=False)
-  if arch.linear_eval_endpoint:
-    return cfg.replace(train_mode='linear_eval', linear_eval_endpoint=arch.linear_eval_endpoint)
-  return cfg.replace(train_mode='finetune', ft_proj_selector=arch.ft_proj_selector)
-
-
-def keeps_supervised_head(cfg, file, num_classes):
-  """Whether the file's supervised head fits the model these flags build: same classes, same input."""
-  arch = file.architecture
-  if arch.num_classes != num_classes:
-    return False
-  if cfg.train_mode == 'linear_eval':
-    reads = None if cfg.linear_eval_endpoint in ('final_avg_pool', 'block_group4') else cfg.linear_eval_endpoint
-    return arch.linear_eval_endpoint == reads and (reads or arch.ft_proj_selector == 0)
-  return arch.linear_eval_endpoint is None and arch.ft_proj_selector == cfg.ft_proj_selector
+  return cfg.replace(**file.architecture.as_is_flags())
 
 
 def inspect_model_file(cfg, flag):
@@ -429,7 +413,8 @@ def load_file_model(cfg, strategy, file, num_classes=None):
 def initialise_from(cfg, model, file, num_classes):
   """Fine-tuning, linear evaluation or pretraining from a model file: encoder and projection head, and the
   supervised head where it fits (same classes, same input); else the head is new (logged)."""
-  keep = model.supervised_head is not None and keeps_supervised_head(cfg, file, num_classes)
+  keep = model.supervised_head is not None and file.architecture.head_fits(
+      num_classes, cfg.train_mode, cfg.ft_proj_selector, cfg.linear_eval_endpoint)
   count = model_io.restore(model, file, supervised_head=keep)
   progress.status(f'Initialised from {file.describe()} ({count} variables).')
   if model.supervised_head is not None and not keep:
@@ -454,67 +439,6 @@ def load_teacher(cfg, strategy, file, num_classes):
 
 
 # ------------------------------------------------------------------------------------------- training
-
-
-def make_train_step(cfg, model, optimizer, strategy, teacher=None):
-  """One SimCLR step on one replica (the paper's Algorithm 1, plus the online linear head), or one
-  fine-tuning / linear-evaluation / distillation step (`teacher(images) -> logits` for the latter).
-
-  Returns `train_step(images, one_hot_labels) -> {metric name: value}`, to be run with `strategy.run`.
-  With --jit_compile the forward and backward pass are one XLA computation; the update (which synchronizes
-  replicas through the optimizer) stays outside it.
-  """
-  supervised = model.supervised_head is not None
-
-  def forward_backward(images, labels):
-    with tf.GradientTape() as tape:
-      outputs = model(images, training=True)
-      loss = 0.0
-      values = {}
-      if cfg.train_mode == 'pretrain':
-        # NT-Xent on the projections of both views, negatives from every replica.
-        contrast_loss, logits_ab, labels_ab = obj_lib.add_contrastive_loss(
-            outputs['proj_head_output'], hidden_norm=cfg.hidden_norm, temperature=cfg.temperature)
-        loss += contrast_loss
-        values.update({'train/contrast_loss': contrast_loss,
-                       'train/contrast_acc': metrics_lib.contrastive_accuracy(logits_ab, labels_ab),
-                       'train/contrast_entropy': metrics_lib.contrastive_entropy(logits_ab)})
-        labels = tf.concat([labels, labels], 0)  # the linear head sees both views
-      supervised_weight = 1.0
-      if cfg.train_mode == 'distill':
-        # SimCLRv2 eq. 3: cross-entropy to the teacher's temperature-softened predictions.
-        teacher_logits = tf.stop_gradient(tf.cast(teacher(images), tf.float32))
-        distill_loss = obj_lib.add_distillation_loss(teacher_logits, outputs['logits_sup'],
-                                                     cfg.distill_temperature)
-        loss += distill_loss
-        values.update({'train/distill_loss': distill_loss,
-                       'train/teacher_agreement': metrics_lib.top_k_accuracy(
-                           tf.one_hot(tf.argmax(teacher_logits, 1), teacher_logits.shape[-1]),
-                           outputs['logits_sup'], 1)})
-        supervised_weight = cfg.distill_alpha
-      if supervised and supervised_weight:
-        supervised_loss = obj_lib.add_supervised_loss(labels, outputs['logits_sup'])
-        loss += supervised_weight * supervised_loss
-        values.update({'train/supervised_loss': supervised_loss,
-                       'train/supervised_acc': metrics_lib.top_k_accuracy(labels, outputs['logits_sup'], 1)})
-      weight_decay = model_lib.weight_decay_loss(model.trainable_variables, cfg.weight_decay, cfg.optimizer)
-      loss += weight_decay
-      values.update({'train/total_loss': loss, 'train/weight_decay': weight_decay})
-      # Gradients are summed over replicas, so each replica contributes its share of the mean; under
-      # mixed_float16 the loss is also scaled up (the optimizer scales the gradients back).
-      scaled_loss = optimizer.scale_loss(loss / strategy.num_replicas_in_sync)
-    return tape.gradient(scaled_loss, model.trainable_variables), values
-
-  if cfg.jit_compile:
-    forward_backward = tf.function(forward_backward, jit_compile=True)
-
-  def train_step(images, labels):
-    grads, values = forward_backward(images, labels)
-    # Fine-tuning from an early projection layer leaves the later ones without gradient: skip them.
-    optimizer.apply_gradients([(g, v) for g, v in zip(grads, model.trainable_variables) if g is not None])
-    return values
-
-  return train_step
 
 
 def training_examples(cfg, source):
@@ -591,7 +515,7 @@ def train(cfg, strategy, source, chief, num_examples, subset_ids, files):
     initialise_from(cfg, model, files['checkpoint'], max(source.num_classes, 1))
   teacher = load_teacher(cfg, strategy, files['teacher'], source.num_classes) if cfg.train_mode == 'distill' \
       else None
-  train_step = make_train_step(cfg, model, optimizer, strategy, teacher)
+  train_step = obj_lib.make_train_step(cfg, model, optimizer, strategy, teacher)
   stop = loop_lib.StopSignals()
 
   @tf.function
@@ -658,70 +582,31 @@ def _write_augmented_views(writer, iterator, strategy, step, chief):
 
 
 def evaluate(cfg, strategy, source, model, step, chief, extra=None, export=True):
-  """Top-1 (and top-5, with more than 5 classes) of the supervised head on --eval_split and the
-  regularization loss; writes result.json, result_<step>.json, eval summaries, and the export of `step`."""
+  """The supervised head on --eval_split (metrics.evaluate_classifier) and the regularization loss; writes
+  result.json, result_<step>.json, eval summaries and (unless there is one) the export of `step`."""
   dataset = data_lib.build_distributed_dataset(
       strategy, cfg.eval_batch_size, source, cfg.eval_split, is_training=False, image_size=cfg.image_size,
       cache=cfg.cache_dataset)
-  ks = [1] + ([5] if model.supervised_head.linear_layer.dense.units > 5 else [])
-
-  def eval_step(images, labels):
-    logits = model(images, training=False)['logits_sup']
-    weights = tf.reduce_sum(labels, 1)  # one-hot rows; unlabeled rows count as 0
-    true = tf.argmax(labels, 1, output_type=tf.int32)
-    hits = [tf.reduce_sum(tf.cast(tf.math.in_top_k(true, logits, k), tf.float32) * weights) for k in ks]
-    return tf.stack(hits + [tf.reduce_sum(weights)])
-
-  @tf.function
-  def run_eval_step(images, labels):
-    return strategy.reduce('SUM', strategy.run(eval_step, args=(images, labels)), axis=None)
-
-  totals = tf.zeros([len(ks) + 1])
-  for batch_index, (images, labels) in enumerate(dataset):
-    if cfg.eval_steps and batch_index >= cfg.eval_steps:
-      break
-    totals += run_eval_step(images, labels)
-  *hits, count = (float(t) for t in totals.numpy())
-  result = {f'eval/label_top_{k}_accuracy': h / max(count, 1) for k, h in zip(ks, hits)}
+  result = metrics_lib.evaluate_classifier(model, dataset, strategy, source.num_classes, cfg.eval_steps)
   result.update({
       'eval/regularization_loss': float(model_lib.weight_decay_loss(model.trainable_variables, cfg.weight_decay)),
-      'eval/num_examples': int(count),
-      'global_step': step,
-      **(extra or {}),
-  })
+      'global_step': step, **(extra or {})})
   logging.info('Eval results at step %d: %s', step, result)
-  if chief:
-    write_results(cfg, result, step)
-    export_root = os.path.join(cfg.model_dir, 'saved_model')
-    if export and tf.io.gfile.exists(os.path.join(export_root, str(step), 'saved_model.pb')):
-      logging.info('SavedModel of step %d already exported; not rewritten.', step)
-    elif export:
-      model_io.export(model, export_root, step, cfg.keep_hub_module_max)
-  return result
-
-
-def write_results(cfg, result, step):
-  """result.json, result_<step>.json and the eval summaries; says so when it replaces a different result."""
+  if not chief:
+    return result
   tf.io.gfile.makedirs(cfg.model_dir)
-  path = os.path.join(cfg.model_dir, f'result_{step}.json')
-  if tf.io.gfile.exists(path):
-    with tf.io.gfile.GFile(path) as f:
-      previous = json.load(f)
-    changed = sorted(k for k in set(previous) | set(result) if previous.get(k) != result.get(k))
-    if changed:
-      progress.status(f'Replacing the earlier evaluation of step {step} in {path} (it differs in {changed}).')
-  eval_dir = os.path.join(cfg.model_dir, 'eval_' + cfg.eval_name if cfg.eval_name else 'eval')
-  with tf.summary.create_file_writer(eval_dir).as_default():
-    for key, value in result.items():
-      if key.startswith('eval/'):
-        tf.summary.scalar(key, value, step=step)
-  for name in ('result.json', f'result_{step}.json'):
-    with tf.io.gfile.GFile(os.path.join(cfg.model_dir, name), 'w') as f:
-      json.dump(result, f, indent=1)
+  changed = metrics_lib.write_results(cfg.model_dir, result, step,
+                                      os.path.join(cfg.model_dir, f'eval_{cfg.eval_name}' if cfg.eval_name else 'eval'))
+  if changed:
+    progress.status(f'Replaced the earlier evaluation of step {step} in {cfg.model_dir}: it differed in {changed}.')
   flags_path = os.path.join(cfg.model_dir, model_io.FLAGS_FILE)
   if not tf.io.gfile.exists(flags_path):  # training writes its own; an evaluation of a file records its flags
     with tf.io.gfile.GFile(flags_path, 'w') as f:
       json.dump(dataclasses.asdict(cfg), f, indent=1)
+  export_root = os.path.join(cfg.model_dir, 'saved_model')
+  if export and not tf.io.gfile.exists(os.path.join(export_root, str(step), 'saved_model.pb')):
+    model_io.export(model, export_root, step, cfg.keep_hub_module_max)
+  return result
 
 
 def result_lines(cfg, result):

@@ -338,3 +338,16 @@ def test_read_training_checkpoint_gives_the_global_step(tmp_path, precision):
   with open(data, 'r+b') as f:
     f.truncate(10)
   assert model_io.read_training_checkpoint(restored, path) is None
+
+
+def test_a_files_head_is_kept_only_where_it_fits():
+  arch = model_io.inspect(os.path.join(FIXTURES, 'r50_sk0_finetune', 'ckpt')).architecture  # 10 classes, layer 1
+  assert arch.head_fits(10, 'finetune', 1, 'final_avg_pool')
+  assert not arch.head_fits(10, 'finetune', 0, 'final_avg_pool')  # another input layer
+  assert not arch.head_fits(3, 'finetune', 1, 'final_avg_pool')  # another number of classes
+  assert not arch.head_fits(10, 'linear_eval', 1, 'final_avg_pool')  # linear evaluation reads the encoder
+  pretrained = model_io.inspect(os.path.join(FIXTURES, 'r18_cifar_pretrain', 'ckpt')).architecture
+  assert pretrained.head_fits(10, 'linear_eval', 0, 'final_avg_pool')
+  assert not pretrained.head_fits(10, 'linear_eval', 0, 'block_group3')
+  assert arch.as_is_flags() == dict(arch.model_flags(), fine_tune_after_block=-1, zero_init_logits_layer=False,
+                                    train_mode='finetune', ft_proj_selector=1)

@@ -19,6 +19,7 @@ from tensorboard.backend.event_processing import event_accumulator
 
 import model as model_lib
 import model_io
+import objective as obj_lib
 import run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -239,7 +240,7 @@ def test_distillation_step_teaches_the_student_the_teachers_rule():
   strategy = tf.distribute.get_strategy()
   keras.utils.set_random_seed(0)
   student, optimizer, _ = run.build_training(cfg, strategy, num_classes=2, num_examples=1000)
-  step = tf.function(run.make_train_step(cfg, student, optimizer, strategy, teacher))
+  step = tf.function(obj_lib.make_train_step(cfg, student, optimizer, strategy, teacher))
   no_labels = tf.zeros([32, 2])
   losses = [float(step(batch(i), no_labels)['train/distill_loss']) for i in range(cfg.train_steps)]
   test = batch(10_000)

@@ -16,6 +16,7 @@ import pytest
 import tensorflow as tf
 
 import data as data_lib
+import objective as obj_lib
 import run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,7 +53,7 @@ def one_step(cfg, strategy, initial_weights, images, labels):
     return apply_gradients(grads_and_vars)
 
   optimizer.apply_gradients = capturing_apply_gradients
-  step = run.make_train_step(cfg, model, optimizer, strategy)
+  step = obj_lib.make_train_step(cfg, model, optimizer, strategy)
 
   @tf.function
   def distributed_step(images, labels):
@@ -260,7 +261,7 @@ def test_mixed_float16_loss_scaling_skips_overflowing_steps(batch_and_weights):
   assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
   for variable, value in zip(model.weights, initial):
     variable.assign(value)
-  step = tf.function(run.make_train_step(cfg, model, optimizer, tf.distribute.get_strategy()))
+  step = tf.function(obj_lib.make_train_step(cfg, model, optimizer, tf.distribute.get_strategy()))
   optimizer.dynamic_scale.assign(2.0 ** 60)  # the scaled gradients overflow float16 (max 65504)
   step(images, labels)
   assert int(optimizer.iterations.numpy()) == 0
