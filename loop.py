@@ -101,9 +101,10 @@ def run(run_steps, current_step, train_steps, checkpoint_every, intervals, after
         target_seconds=TARGET_SECONDS):
   """Runs `run_steps(n)` loops until `current_step()` reaches `train_steps`.
 
-  After each loop `after_loop(previous_step, step, seconds)` (summaries, progress, monitors); `save(step)` at
-  every multiple of `checkpoint_every`, at the end, and when `stop` (a `StopSignals`) was triggered -- then
-  raises `Stopped`.
+  `run_steps` returns whether the inner loop stopped early on the (agreed) stop flag -- with several workers,
+  possibly raised by another worker's signal. After each loop `after_loop(previous_step, step, seconds)`
+  (summaries, progress, monitors); `save(step)` at every multiple of `checkpoint_every`, at the end, and after a
+  stop -- then raises `Stopped`.
   """
   step = current_step()
   seconds_per_step = None
@@ -112,7 +113,7 @@ def run(run_steps, current_step, train_steps, checkpoint_every, intervals, after
     steps = next_loop_steps(step, train_steps, (checkpoint_every,) + tuple(intervals), seconds_per_step,
                             target_seconds)
     start = time.perf_counter()
-    run_steps(steps)
+    stopped = bool(run_steps(steps)) or (stop is not None and stop.requested)
     seconds = time.perf_counter() - start
     previous, step = step, current_step()
     loops += 1
@@ -120,8 +121,7 @@ def run(run_steps, current_step, train_steps, checkpoint_every, intervals, after
       seconds_per_step = seconds / (step - previous)
     if step > previous:
       after_loop(previous, step, seconds)
-    stopped = stop is not None and stop.requested
     if stopped or step == train_steps or step // checkpoint_every > previous // checkpoint_every:
       save(step)
     if stopped:
-      raise Stopped(stop.received or 'a stop request', step)
+      raise Stopped(stop.received if stop is not None and stop.received else "another worker's signal", step)

@@ -520,13 +520,16 @@ def train(cfg, strategy, source, chief, num_examples, subset_ids, files):
 
   @tf.function
   def train_loop(iterator, steps):
+    stopped = tf.constant(False)
     for _ in tf.range(steps):
       if loop_lib.should_stop(stop.flag, strategy):
+        stopped = tf.constant(True)
         break
       images, labels = next(iterator)
       values = strategy.run(train_step, args=(images, labels))
       for name, value in values.items():
         loop_metrics[name].update_state(strategy.reduce('MEAN', value, axis=None))
+    return stopped
 
   writer = tf.summary.create_file_writer(output_dir)
   iterator = iter(dataset)

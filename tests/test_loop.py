@@ -36,11 +36,12 @@ class FakeTrainer:
     self.loops.append(n)
     for _ in range(n):
       if self.stop.requested:
-        return
+        return True
       self.step += 1
       self.now += self.seconds_per_step
       if self.step == self.stop_at:
         self.stop.requested = True  # arrives while this step is in flight: it completes, the next does not run
+    return False
 
 
 def test_progress_every_30_seconds_whatever_the_checkpoint_interval(monkeypatch):
@@ -84,3 +85,24 @@ def test_sigterm_stops_a_running_compiled_loop_after_the_step_in_flight():
     assert stop.requested and stop.received == 'SIGTERM'
     assert 5 < int(steps_done.numpy()) < 1000
   assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_a_stop_agreed_with_another_worker_stops_this_one_too(monkeypatch):
+  """This worker got no signal (its own flag is down) but its inner loop stopped on the all-reduced flag."""
+  trainer = FakeTrainer(monkeypatch, seconds_per_step=0.25)
+  trainer.stop.received = None
+  calls = []
+
+  def run_steps(n):
+    calls.append(n)
+    if len(calls) == 3:
+      trainer.step += 7
+      return True  # the agreed flag stopped the loop after 7 steps
+    trainer.run_steps(n)
+    return False
+
+  with pytest.raises(loop.Stopped) as stopped:
+    loop.run(run_steps, lambda: trainer.step, train_steps=1000, checkpoint_every=100, intervals=(),
+             after_loop=lambda *args: None, save=trainer.saved.append, stop=trainer.stop)
+  assert stopped.value.step == 17 and stopped.value.signal_name == "another worker's signal"
+  assert trainer.saved == [17] and len(calls) == 3

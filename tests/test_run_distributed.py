@@ -6,9 +6,12 @@ Two replicas run on the two logical CPU devices conftest.py creates; multi-worke
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import keras
 import numpy as np
@@ -186,6 +189,45 @@ def test_two_workers_train_in_lockstep_and_only_the_chief_writes(shapes_data_dir
   ids = [set(json.loads((out_dir / f'ids_{task}.json').read_text())) for task in range(2)]
   assert not ids[0] & ids[1]
   assert len(ids[0]) + len(ids[1]) == 5000 and abs(len(ids[0]) - len(ids[1])) <= 1
+
+
+@pytest.mark.multiworker
+def test_sigterm_to_one_worker_stops_both_at_the_same_step_with_a_checkpoint(shapes_data_dir, tmp_path):
+  """Preemption of one worker of two: the stop flag is all-reduced before every step, so both stop after the same
+  step and the chief writes its checkpoint; neither waits forever in a collective."""
+  try:
+    ports = _free_ports(2)
+  except OSError as error:
+    pytest.skip(f'no local ports: {error}')
+  model_dir = tmp_path / 'model'
+  cluster = {'worker': [f'127.0.0.1:{p}' for p in ports]}
+  flags = [f'--data_dir={shapes_data_dir}', f'--model_dir={model_dir}', '--width_multiplier=0.25', '--image_size=16',
+           '--train_batch_size=16', '--train_steps=400', '--checkpoint_steps=200', '--warmup_epochs=0', '--mode=train']
+  workers, logs = [], [tmp_path / f'worker_{task}.log' for task in range(2)]
+  for task in range(2):
+    env = dict(os.environ, TF_CONFIG=json.dumps({'cluster': cluster, 'task': {'type': 'worker', 'index': task}}))
+    with open(logs[task], 'w') as log:
+      workers.append(subprocess.Popen([sys.executable, os.path.join(ROOT, 'run.py'), *flags], env=env, cwd=ROOT,
+                                      stdout=log, stderr=subprocess.STDOUT))
+  try:
+    deadline = time.monotonic() + 240
+    while 'step 10/400' not in logs[0].read_text() and time.monotonic() < deadline:
+      assert all(w.poll() is None for w in workers), [log.read_text()[-2000:] for log in logs]
+      time.sleep(0.2)
+    workers[1].send_signal(signal.SIGTERM)
+    for worker in workers:
+      worker.wait(timeout=120)
+  finally:
+    for worker in workers:
+      if worker.poll() is None:
+        worker.kill()
+        worker.wait()
+  outputs = [log.read_text() for log in logs]
+  assert [w.returncode for w in workers] == [143, 143], outputs
+  steps = [int(re.search(r'at step (\d+); checkpoint written', out).group(1)) for out in outputs]
+  assert steps[0] == steps[1] and 10 <= steps[0] < 200
+  assert "Stopped by another worker's signal" in outputs[0] and 'Stopped by SIGTERM' in outputs[1]
+  assert sorted(p.name for p in model_dir.glob('ckpt-*.index')) == [f'ckpt-{steps[0]}.index']
 
 
 # ------------------------------------------------------------------------------------------- TPU path
