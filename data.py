@@ -12,8 +12,10 @@ Every source yields examples `{'image': uint8 [H, W, 3], 'label': int64 (-1 = no
 stable across runs (TFDS id or relative path), which is what label-fraction subsets are written in.
 """
 
+import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import socket
@@ -161,7 +163,9 @@ def _prepare(builder, name, data_dir):
                     f'({host} is unreachable). Prepare it where there is network access '
                     f'(`tfds build {name} --data_dir=DIR`) and point --data_dir at DIR, {FOLDER_HINT}.')
   logging.info('Preparing dataset %s in %s (once).', name, where)
-  builder.download_and_prepare()
+  tfds.disable_progress_bar()  # TFDS's own bars and banners are noise in a run's output
+  with contextlib.redirect_stdout(io.StringIO()):
+    builder.download_and_prepare()
 
 
 def _unreachable_host(builder, timeout=5.0):

@@ -162,6 +162,14 @@ def test_embedded_dataset_batches_and_label_fraction(shapes_data_dir, tmp_path):
   assert np.bincount([labels_by_id[i] for i in one_percent]).tolist() == [5] * 10
 
 
+def test_preparing_the_embedded_dataset_prints_nothing(tmp_path, capfd):
+  """TFDS's banner (stdout) and progress bars (stderr) are not a run's output."""
+  source = data.load_source(data.EMBEDDED_DATASET, str(tmp_path / 'tfds'))
+  assert source.split_sizes == {'train': 5000, 'test': 1000}
+  out, err = capfd.readouterr()
+  assert out == '' and 'examples/s' not in err and 'Downloading and preparing' not in err
+
+
 def test_distributed_batches_are_split_and_sharded(two_replica_strategy, shapes_data_dir):
   source = data.load_source(data.EMBEDDED_DATASET, shapes_data_dir)
   dist = data.build_distributed_dataset(two_replica_strategy, 16, source, 'test', is_training=False,
