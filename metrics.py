@@ -90,16 +90,19 @@ def evaluate_classifier(model, dataset, strategy, num_classes, max_batches=0):
 
 def write_results(model_dir, result, step, eval_dir):
   """`result` to model_dir/result.json and result_<step>.json and its `eval/` values to TensorBoard in
-  `eval_dir`. Returns the keys in which it differs from an earlier result of the same step (none: [])."""
+  `eval_dir`, merged into an earlier result of the same step (whose other keys, e.g. the linear evaluation
+  after pretraining, stay). Returns the keys whose values changed; nothing is written when none did."""
   path = os.path.join(model_dir, f'result_{step}.json')
-  changed = []
+  previous = {}
   if tf.io.gfile.exists(path):
     with tf.io.gfile.GFile(path) as f:
       previous = json.load(f)
-    changed = sorted(k for k in set(previous) | set(result) if previous.get(k) != result.get(k))
+  changed = sorted(k for k in set(previous) & set(result) if previous[k] != result[k])
+  if previous and not changed and set(result) <= set(previous):
+    return []
   with tf.summary.create_file_writer(eval_dir).as_default():
     _write_scalars({k: v for k, v in result.items() if k.startswith('eval/')}, step)
   for name in ('result.json', f'result_{step}.json'):
     with tf.io.gfile.GFile(os.path.join(model_dir, name), 'w') as f:
-      json.dump(result, f, indent=1)
+      json.dump({**previous, **result}, f, indent=1)
   return changed

@@ -341,7 +341,7 @@ def build_strategy(cfg):
           tpu=cfg.tpu_name or cfg.master, zone=cfg.tpu_zone, project=cfg.gcp_project)
       tf.config.experimental_connect_to_cluster(resolver)
       tf.tpu.experimental.initialize_tpu_system(resolver)
-    except (ValueError, RuntimeError, tf.errors.OpError) as error:
+    except (ValueError, RuntimeError, OSError, tf.errors.OpError) as error:  # OSError: the metadata server
       raise UsageError(f'--use_tpu: cannot reach TPU {cfg.tpu_name or cfg.master!r} '
                        f'({error.__class__.__name__}: {str(error).splitlines()[0][:160]}). On a TPU VM use '
                        '--tpu_name=local; for a TPU node give its name and --tpu_zone / --gcp_project.') from None

@@ -77,12 +77,16 @@ def test_evaluate_classifier_counts_labelled_rows_and_reports_top5_only_above_5_
   assert three == {'eval/label_top_1_accuracy': 0.5, 'eval/num_examples': 2}  # no top-5 of 3 classes
 
 
-def test_write_results_says_what_changed_for_the_same_step(tmp_path):
-  first = {'eval/label_top_1_accuracy': 0.5, 'global_step': 4}
+def test_write_results_keeps_what_it_does_not_recompute_and_says_what_changed(tmp_path):
+  first = {'eval/label_top_1_accuracy': 0.5, 'linear_eval/top_1_accuracy': 0.3, 'global_step': 4}
   assert metrics.write_results(str(tmp_path), first, 4, str(tmp_path / 'eval')) == []
-  assert metrics.write_results(str(tmp_path), first, 4, str(tmp_path / 'eval')) == []
+  events = glob.glob(str(tmp_path / 'eval' / 'events.out.tfevents.*'))
+  assert len(events) == 1
+  again = {'eval/label_top_1_accuracy': 0.5, 'global_step': 4}  # an evaluation without the linear evaluation
+  assert metrics.write_results(str(tmp_path), again, 4, str(tmp_path / 'eval')) == []
+  assert json.load(open(tmp_path / 'result_4.json')) == first  # nothing lost, nothing written
+  assert glob.glob(str(tmp_path / 'eval' / 'events.out.tfevents.*')) == events
   second = {'eval/label_top_1_accuracy': 0.6, 'global_step': 4}
   assert metrics.write_results(str(tmp_path), second, 4, str(tmp_path / 'eval')) == ['eval/label_top_1_accuracy']
   for name in ('result.json', 'result_4.json'):
-    assert json.load(open(tmp_path / name)) == second
-  assert glob.glob(str(tmp_path / 'eval' / 'events.out.tfevents.*'))
+    assert json.load(open(tmp_path / name)) == {**first, **second}

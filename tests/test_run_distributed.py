@@ -257,6 +257,17 @@ def test_use_tpu_builds_the_resolver_and_strategy_as_documented(monkeypatch):
   assert calls[0] == ('resolver', {'tpu': 'grpc://10.0.0.2:8470', 'zone': None, 'project': None})
 
 
+def test_an_unreachable_tpu_is_one_line(monkeypatch):
+  def unreachable(**kwargs):  # what TPUClusterResolver raises when the GCE metadata server does not answer
+    raise OSError('<urlopen error [Errno -2] Name or service not known>')
+
+  monkeypatch.setattr(tf.distribute.cluster_resolver, 'TPUClusterResolver', unreachable)
+  with pytest.raises(run.UsageError) as error:
+    run.build_strategy(run.Config.defaults(use_tpu=True, tpu_name='nonexistent'))
+  assert str(error.value).startswith("--use_tpu: cannot reach TPU 'nonexistent' (OSError: <urlopen error")
+  assert '--tpu_name=local' in str(error.value) and '\n' not in str(error.value)
+
+
 def test_train_step_compiles_with_xla_and_matches(batch_and_weights, one_replica):
   """XLA is the compiler TPUs run: the whole forward/backward pass compiling means every op has an XLA kernel
   and every shape is static. It computes the same step (float32, 1e-5)."""
