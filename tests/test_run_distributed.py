@@ -4,6 +4,7 @@ needs, mixed precision and XLA.
 Two replicas run on the two logical CPU devices conftest.py creates; multi-worker runs two local processes.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -139,35 +140,42 @@ def _free_ports(count):
       s.close()
 
 
-@pytest.mark.multiworker
-def test_two_workers_train_in_lockstep_and_only_the_chief_writes(shapes_data_dir, tmp_path):
-  """MultiWorkerMirroredStrategy from TF_CONFIG, 2 processes on 127.0.0.1, through run.py's main."""
+@contextlib.contextmanager
+def _two_workers(tmp_path, *command):
+  """Two processes `python <command>` with a 2-worker TF_CONFIG on free local ports, their output in files (a
+  full pipe would block one worker and stall the collectives); killed at the end if still running."""
   try:
     ports = _free_ports(2)
   except OSError as error:
     pytest.skip(f'no local ports: {error}')
-  model_dir, out_dir = tmp_path / 'model', tmp_path / 'out'
-  out_dir.mkdir()
   cluster = {'worker': [f'127.0.0.1:{p}' for p in ports]}
-  flags = [f'--data_dir={shapes_data_dir}', f'--model_dir={model_dir}', '--width_multiplier=0.25',
-           '--image_size=16', '--train_batch_size=16', '--eval_batch_size=64', '--eval_steps=1', '--train_steps=4',
-           '--checkpoint_steps=2', '--warmup_epochs=0', '--linear_eval=False']
   workers, logs = [], [tmp_path / f'worker_{task}.log' for task in range(2)]
-  for task in range(2):  # output to files: a full pipe would block one worker and stall the collectives
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', CUDA_VISIBLE_DEVICES='',
-               TF_CONFIG=json.dumps({'cluster': cluster, 'task': {'type': 'worker', 'index': task}}))
+  for task in range(2):
+    env = dict(os.environ, TF_CONFIG=json.dumps({'cluster': cluster, 'task': {'type': 'worker', 'index': task}}))
     with open(logs[task], 'w') as log:
-      workers.append(subprocess.Popen(
-          [sys.executable, os.path.join(ROOT, 'tests', 'multiworker_main.py'), str(out_dir), *flags],
-          env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
+      workers.append(subprocess.Popen([sys.executable, *command], env=env, cwd=ROOT, stdout=log,
+                                      stderr=subprocess.STDOUT))
   try:
-    for worker in workers:
-      worker.wait(timeout=300)
+    yield workers, logs
   finally:
     for worker in workers:
       if worker.poll() is None:
         worker.kill()
         worker.wait()
+
+
+@pytest.mark.multiworker
+def test_two_workers_train_in_lockstep_and_only_the_chief_writes(shapes_data_dir, tmp_path):
+  """MultiWorkerMirroredStrategy from TF_CONFIG, 2 processes on 127.0.0.1, through run.py's main."""
+  model_dir, out_dir = tmp_path / 'model', tmp_path / 'out'
+  out_dir.mkdir()
+  flags = [f'--data_dir={shapes_data_dir}', f'--model_dir={model_dir}', '--width_multiplier=0.25',
+           '--image_size=16', '--train_batch_size=16', '--eval_batch_size=64', '--eval_steps=1', '--train_steps=4',
+           '--checkpoint_steps=2', '--warmup_epochs=0', '--linear_eval=False']
+  with _two_workers(tmp_path, os.path.join(ROOT, 'tests', 'multiworker_main.py'), str(out_dir), *flags) as (
+      workers, logs):
+    for worker in workers:
+      worker.wait(timeout=300)
   outputs = [log.read_text() for log in logs]
   for task, (worker, output) in enumerate(zip(workers, outputs)):
     assert worker.returncode == 0, f'worker {task} failed:\n{output[-4000:]}'
@@ -195,21 +203,10 @@ def test_two_workers_train_in_lockstep_and_only_the_chief_writes(shapes_data_dir
 def test_sigterm_to_one_worker_stops_both_at_the_same_step_with_a_checkpoint(shapes_data_dir, tmp_path):
   """Preemption of one worker of two: the stop flag is all-reduced before every step, so both stop after the same
   step and the chief writes its checkpoint; neither waits forever in a collective."""
-  try:
-    ports = _free_ports(2)
-  except OSError as error:
-    pytest.skip(f'no local ports: {error}')
   model_dir = tmp_path / 'model'
-  cluster = {'worker': [f'127.0.0.1:{p}' for p in ports]}
   flags = [f'--data_dir={shapes_data_dir}', f'--model_dir={model_dir}', '--width_multiplier=0.25', '--image_size=16',
            '--train_batch_size=16', '--train_steps=400', '--checkpoint_steps=200', '--warmup_epochs=0', '--mode=train']
-  workers, logs = [], [tmp_path / f'worker_{task}.log' for task in range(2)]
-  for task in range(2):
-    env = dict(os.environ, TF_CONFIG=json.dumps({'cluster': cluster, 'task': {'type': 'worker', 'index': task}}))
-    with open(logs[task], 'w') as log:
-      workers.append(subprocess.Popen([sys.executable, os.path.join(ROOT, 'run.py'), *flags], env=env, cwd=ROOT,
-                                      stdout=log, stderr=subprocess.STDOUT))
-  try:
+  with _two_workers(tmp_path, os.path.join(ROOT, 'run.py'), *flags) as (workers, logs):
     deadline = time.monotonic() + 240
     while 'step 10/400' not in logs[0].read_text() and time.monotonic() < deadline:
       assert all(w.poll() is None for w in workers), [log.read_text()[-2000:] for log in logs]
@@ -217,11 +214,6 @@ def test_sigterm_to_one_worker_stops_both_at_the_same_step_with_a_checkpoint(sha
     workers[1].send_signal(signal.SIGTERM)
     for worker in workers:
       worker.wait(timeout=120)
-  finally:
-    for worker in workers:
-      if worker.poll() is None:
-        worker.kill()
-        worker.wait()
   outputs = [log.read_text() for log in logs]
   assert [w.returncode for w in workers] == [143, 143], outputs
   steps = [int(re.search(r'at step (\d+); checkpoint written', out).group(1)) for out in outputs]
