@@ -317,13 +317,14 @@ def as_file_model(cfg, file):
   return cfg.replace(**file.architecture.as_is_flags())
 
 
-def inspect_model_file(cfg, flag):
-  """The `model_io.ModelFile` of --checkpoint / --teacher, or None; a bad path is a UsageError naming it."""
+def model_file(cfg, flag, read=model_io.inspect):
+  """`read(path)` of --checkpoint / --teacher (`model_io.inspect`, or `model_io.resolve` to check the path
+  without running TensorFlow), None without the flag; a bad path or file is a UsageError naming the flag."""
   path = getattr(cfg, flag)
   if not path:
     return None
   try:
-    return model_io.inspect(path)
+    return read(path)
   except model_io.ModelFileError as error:
     raise UsageError(f'--{flag}={error}' if str(error).startswith(path) else f'--{flag}={path}: {error}') from None
 
@@ -757,11 +758,12 @@ def main(argv):
   try:
     cfg = run_flags(cfg, explicit)
     validate(cfg)
-    files = {flag: inspect_model_file(cfg, flag) for flag in ('checkpoint', 'teacher')}
+    for flag in ('checkpoint', 'teacher'):
+      model_file(cfg, flag, model_io.resolve)
+    strategy = build_strategy(cfg)  # before TensorFlow runs anything (multi-worker and TPU need it first)
+    files = {flag: model_file(cfg, flag) for flag in ('checkpoint', 'teacher')}
     if files['checkpoint'] is not None:
       cfg = adopt_architecture(cfg, explicit, files['checkpoint'])
-      validate(cfg)
-    strategy = build_strategy(cfg)
     validate(cfg, strategy.num_replicas_in_sync)
     progress.status(f'Preparing data: {cfg.dataset}...')
     source = data_lib.load_source(cfg.dataset, cfg.data_dir, cfg.strict_images)

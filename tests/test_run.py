@@ -312,7 +312,7 @@ def test_bad_flag_combinations_fail_with_one_line(overrides, replicas, message):
 @pytest.mark.parametrize('flag', ['checkpoint', 'teacher'])
 def test_model_paths_that_do_not_exist_name_the_flag(flag):
   with pytest.raises(run.UsageError) as error:
-    run.inspect_model_file(config(**{flag: '/nonexistent/ckpt-1'}), flag)
+    run.model_file(config(**{flag: '/nonexistent/ckpt-1'}), flag, model_io.resolve)
   assert str(error.value) == f'--{flag}=/nonexistent/ckpt-1 does not exist.'
 
 
