@@ -400,14 +400,12 @@ def build_training(cfg, strategy, num_classes, num_examples):
   return model, optimizer, schedule
 
 
-def load_file_model(cfg, strategy, file, num_classes=None):
-  """The model of a file with all its weights (heads included), for using it as it is."""
-  file_cfg = as_file_model(cfg, file)
+def load_file_model(cfg, strategy, file, role='Loaded'):
+  """The model of a file with all its weights (heads included), for using it as it is; says what it loaded."""
   with strategy.scope():
-    model = build_model(file_cfg, file.architecture.num_classes or num_classes or 1,
-                        strategy.num_replicas_in_sync)
+    model = build_model(as_file_model(cfg, file), file.architecture.num_classes or 1, strategy.num_replicas_in_sync)
   count = model_io.restore(model, file, supervised_head=file.architecture.num_classes is not None)
-  logging.info('Loaded %s: %d variables', file.describe(), count)
+  progress.status(f'{role} {file.describe()} ({count} variables).')
   return model
 
 
@@ -427,15 +425,23 @@ def initialise_from(cfg, model, file, num_classes):
       variable.assign(tf.zeros_like(variable))
 
 
-def load_teacher(cfg, strategy, file, num_classes):
+def check_classifiers(cfg, files, source):
+  """The classifier a run uses as it is -- the --teacher's, or --checkpoint's under --mode=eval -- must exist
+  and predict the dataset's classes."""
+  for flag, used in (('teacher', cfg.train_mode == 'distill'), ('checkpoint', cfg.mode == 'eval')):
+    file = files[flag]
+    if file is None or not used:
+      continue
+    if file.architecture.num_classes is None:
+      raise UsageError(f'--{flag}={file.path} has no classifier (logits_sup) to use: fine-tune it first.')
+    if file.architecture.num_classes != source.num_classes:
+      raise UsageError(f'--{flag}={file.path} predicts {file.architecture.num_classes} classes; '
+                       f'--dataset={cfg.dataset} has {source.num_classes}.')
+
+
+def load_teacher(cfg, strategy, file):
   """`teacher(images) -> logits` from the --teacher file (its own network; the model flags are the student's)."""
-  if file.architecture.num_classes is None:
-    raise UsageError(f'--teacher={file.path} has no classifier (logits_sup): distill from a fine-tuned model.')
-  if file.architecture.num_classes != num_classes:
-    raise UsageError(f'--teacher={file.path} predicts {file.architecture.num_classes} classes; the dataset has '
-                     f'{num_classes}.')
-  teacher = load_file_model(cfg, strategy, file)
-  progress.status(f'Teacher: {file.describe()}')
+  teacher = load_file_model(cfg, strategy, file, role='Teacher:')
   return lambda images: teacher(images, training=False)['logits_sup']
 
 
@@ -514,8 +520,7 @@ def train(cfg, strategy, source, chief, num_examples, subset_ids, files):
     progress.status(f'Resuming from {restored} (step {optimizer.iterations.numpy()}).')
   elif files['checkpoint'] is not None:
     initialise_from(cfg, model, files['checkpoint'], max(source.num_classes, 1))
-  teacher = load_teacher(cfg, strategy, files['teacher'], source.num_classes) if cfg.train_mode == 'distill' \
-      else None
+  teacher = load_teacher(cfg, strategy, files['teacher']) if cfg.train_mode == 'distill' else None
   train_step = obj_lib.make_train_step(cfg, model, optimizer, strategy, teacher)
   stop = loop_lib.StopSignals()
 
@@ -712,13 +717,6 @@ def eval_checkpoints(cfg, strategy, source, chief):
 
 def eval_file(cfg, strategy, source, chief, file):
   """--mode=eval --checkpoint=FILE: the file's own classifier (logits_sup) on --eval_split, no training."""
-  arch = file.architecture
-  if arch.num_classes is None:
-    raise UsageError(f'--checkpoint={file.path} has no classifier (logits_sup) to evaluate: fine-tune it first, '
-                     'or use --train_mode=linear_eval.')
-  if arch.num_classes != source.num_classes:
-    raise UsageError(f'--checkpoint={file.path} predicts {arch.num_classes} classes; --dataset={cfg.dataset} has '
-                     f'{source.num_classes}.')
   model = load_file_model(cfg, strategy, file)
   result = evaluate(as_file_model(cfg, file), strategy, source, model, file.step, chief, export=False)
   print(result_lines(as_file_model(cfg, file), result)[0], flush=True)
@@ -767,6 +765,7 @@ def main(argv):
     validate(cfg, strategy.num_replicas_in_sync)
     progress.status(f'Preparing data: {cfg.dataset}...')
     source = data_lib.load_source(cfg.dataset, cfg.data_dir, cfg.strict_images)
+    check_classifiers(cfg, files, source)
     num_examples, subset_ids = training_examples(cfg, source)
   except (UsageError, data_lib.DataError, model_io.ModelFileError) as error:
     sys.exit(f'Error: {error}')

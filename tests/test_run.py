@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import keras
 import numpy as np
@@ -485,3 +486,17 @@ def test_the_random_encoder_baseline_is_the_same_in_every_run():
   assert len(first.variables) > 50
   for a, b in zip(first.variables, second.variables):
     np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_a_classifier_used_as_it_is_must_exist_and_fit_the_dataset():
+  file = lambda classes: types.SimpleNamespace(path='T', architecture=types.SimpleNamespace(num_classes=classes))
+  source = types.SimpleNamespace(num_classes=10)
+  distill = config(train_mode='distill', teacher='T')
+  run.check_classifiers(distill, {'teacher': file(10), 'checkpoint': None}, source)
+  with pytest.raises(run.UsageError, match=r'^--teacher=T has no classifier \(logits_sup\) to use'):
+    run.check_classifiers(distill, {'teacher': file(None), 'checkpoint': None}, source)
+  mismatch = r'^--checkpoint=T predicts 1000 classes; --dataset=simclr_shapes has 10\.$'
+  with pytest.raises(run.UsageError, match=mismatch):
+    run.check_classifiers(config(mode='eval', checkpoint='T'), {'teacher': None, 'checkpoint': file(1000)}, source)
+  run.check_classifiers(config(train_mode='finetune', checkpoint='T'), {'teacher': None, 'checkpoint': file(1000)},
+                        source)  # fine-tuning: a new head
