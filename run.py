@@ -800,7 +800,7 @@ def main(argv):
         result = evaluate(cfg, strategy, source, model, step, chief, extra)
         print('\n'.join(result_lines(cfg, result)), flush=True)
         print(f'Results: {os.path.join(cfg.model_dir, "result.json")}', flush=True)
-  except (UsageError, data_lib.DataError, model_io.ModelFileError) as error:
+  except (UsageError, data_lib.DataError, model_io.ModelFileError, FloatingPointError) as error:
     sys.exit(f'Error: {error}')
   except loop_lib.Stopped as stopped:
     print(f'Stopped by {stopped.signal_name} at step {stopped.step}; checkpoint written to {cfg.model_dir}. Run the '

@@ -148,7 +148,8 @@ def test_blur_probability_sigma_and_kernel():
   variance = (rows * (np.arange(-2, 3) ** 2)).sum(1)
   assert variance.max() < 2.0 ** 2 and variance.min() >= 0  # truncation at 2 taps caps variance
   np.testing.assert_allclose(out[~blurred], impulse[~blurred], atol=1e-6)
-  assert np.count_nonzero(out[blurred][0, :, :, 0]) == 25  # separable 5x5 support
+  widest = out[blurred][np.argmax(variance), :, :, 0]  # a small sigma's corners underflow float32 to 0
+  assert np.count_nonzero(widest) == 25  # separable 5x5 support
 
 
 def test_gaussian_blur_matches_numpy_per_image_sigma():

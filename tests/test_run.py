@@ -500,3 +500,13 @@ def test_a_classifier_used_as_it_is_must_exist_and_fit_the_dataset():
     run.check_classifiers(config(mode='eval', checkpoint='T'), {'teacher': None, 'checkpoint': file(1000)}, source)
   run.check_classifiers(config(train_mode='finetune', checkpoint='T'), {'teacher': None, 'checkpoint': file(1000)},
                         source)  # fine-tuning: a new head
+
+
+@pytest.mark.slow
+def test_divergence_stops_with_one_line_and_no_checkpoint_of_it(shapes_data_dir, tmp_path):
+  model_dir = tmp_path / 'run'
+  result = run_py(f'--data_dir={shapes_data_dir}', f'--model_dir={model_dir}', '--mode=train', *TINY,
+                  '--train_steps=4', '--optimizer=momentum', '--learning_rate=1e30', check=False)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1].startswith('Error: Training diverged at step 2: ')
+  assert not model_io.checkpoint_paths(str(model_dir))
