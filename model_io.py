@@ -334,6 +334,12 @@ def resolve(path):
                          '"checkpoint" file).')
   if tf.io.gfile.exists(path + '.index'):
     return 'training checkpoint', path, None
+  prefix = re.sub(r'\.(index|data-\d+-of-\d+)$', '', path)
+  if prefix != path and tf.io.gfile.exists(prefix + '.index'):
+    raise ModelFileError(f'{path} is one file of the checkpoint {prefix}: pass that prefix (or its folder).')
+  if tf.io.gfile.exists(path):
+    raise ModelFileError(f'{path} is a file, not a checkpoint prefix (ckpt-N), a folder with a "checkpoint" file '
+                         'or a SavedModel folder.')
   raise ModelFileError(f'{path} does not exist.')
 
 

@@ -160,9 +160,12 @@ def test_partial_or_foreign_files_stop_with_one_line_and_change_nothing(tmp_path
   foreign = tf.train.Checkpoint(model=dense).write(str(tmp_path / 'foreign' / 'ckpt-1'))
   (tmp_path / 'empty').mkdir()
   (tmp_path / 'text.index').write_text('hello')
+  (tmp_path / 'notes.txt').write_text('hello')
   for path, message in ((foreign, 'is not a SimCLR model'), (str(tmp_path / 'empty'), 'holds no SavedModel'),
                         (str(tmp_path / 'nothing'), 'does not exist'),
-                        (str(tmp_path / 'text'), 'not a readable TF2 checkpoint')):
+                        (str(tmp_path / 'text'), 'not a readable TF2 checkpoint'),
+                        (str(tmp_path / 'notes.txt'), 'is a file, not a checkpoint prefix'),
+                        (foreign + '.index', f'is one file of the checkpoint {foreign}: pass that prefix')):
     with pytest.raises(model_io.ModelFileError, match=message) as error:
       model_io.inspect(path)
     assert '\n' not in str(error.value) and str(error.value).startswith(path)
