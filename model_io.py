@@ -362,11 +362,11 @@ def inspect(path):
     if stray:
       raise ModelFileError(f'{path} is not a SimCLR model this project can build: {len(stray)} variable(s) of '
                            f'model/{part} are outside its known layers, e.g. {graph.checkpoint_key(min(stray))}.')
-  tensors = {key: (graph.checkpoint_key(node), tuple(graph.shapes[graph.checkpoint_key(node)]))
-             for key, node in leaves.items()}
-  missing = [key for key, (checkpoint_key, _) in tensors.items() if checkpoint_key not in graph.shapes]
+  missing = [key for key, node in leaves.items() if graph.checkpoint_key(node) not in graph.shapes]
   if missing:
     raise ModelFileError(f'{path} is incomplete: no value for {len(missing)} variable(s), e.g. {missing[0]}.')
+  tensors = {key: (graph.checkpoint_key(node), tuple(graph.shapes[graph.checkpoint_key(node)]))
+             for key, node in leaves.items()}
   arch = _infer_architecture({key: shape for key, (_, shape) in tensors.items()}, path)
   # The authors' export keeps `trainable_variables_list` on its root, their training checkpoint `global_step`.
   authors = graph.child(0, 'trainable_variables_list' if kind == 'SavedModel' else 'global_step') is not None
@@ -399,8 +399,13 @@ def _head_position(file, graph):
                          f'{arch.describe()} has.')
   chosen = None
   if len(positions) > 1 and file.saved_model_dir:
-    chosen = _probe_head_position(file, graph, positions)
-  elif len(positions) > 1:
+    try:
+      chosen = _probe_head_position(file, graph, positions)
+    except ModelFileError:
+      raise
+    except (tf.errors.OpError, ValueError, TypeError, KeyError) as error:  # a SavedModel that does not run so
+      logging.warning('%s: could not run it to find its head\'s input (%s).', file.path, _first_line(error))
+  if len(positions) > 1 and chosen is None:
     chosen = _head_position_from_flags(file, positions)
   if chosen is None:
     chosen = positions[0]
@@ -414,8 +419,11 @@ def _head_position_from_flags(file, positions):
   folder = os.path.dirname(file.prefix)
   for flags_path in (os.path.join(folder, FLAGS_FILE), os.path.join(os.path.dirname(folder), FLAGS_FILE)):
     if tf.io.gfile.exists(flags_path):
-      with tf.io.gfile.GFile(flags_path) as f:
-        flags = json.load(f)
+      try:
+        with tf.io.gfile.GFile(flags_path) as f:
+          flags = json.load(f)
+      except ValueError:
+        continue
       endpoint = flags.get('linear_eval_endpoint') if flags.get('train_mode') == 'linear_eval' else None
       position = (0 if endpoint else int(flags.get('ft_proj_selector', 0)),
                   endpoint if endpoint != 'final_avg_pool' else None)
