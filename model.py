@@ -69,13 +69,19 @@ class LinearLayer(keras.layers.Layer):
     return outputs
 
 
+def selector_index(ft_proj_selector, num_proj_layers):
+  """A projection-head layer as a position 0..num_proj_layers: negative ones count from the end, as in the
+  authors' code (their -1, "the final layer", indexes the list of the head's input and layer outputs)."""
+  return ft_proj_selector + num_proj_layers + 1 if ft_proj_selector < 0 else ft_proj_selector
+
+
 class ProjectionHead(resnet.Layer):
   """The projection g(.) that NT-Xent is applied to (SimCLR section 2.1; SimCLRv2 section 2.2).
 
   'nonlinear': `num_layers` Dense+BN layers, ReLU on all but the last; the middle ones keep the input width,
   the last one has `out_dim` units and no bias. 'linear': one Dense(out_dim)+BN. 'none': identity.
   `call` returns `(proj_head_output, supervised_head_input)`, the latter being layer `ft_proj_selector` of
-  [input, layer 1, ..., layer n]: SimCLRv2 fine-tunes from the middle of the head (selector 1).
+  [input, layer 1, ..., layer n]: SimCLRv2 fine-tunes from the middle of the head (selector 1); -1 is layer n.
   """
 
   def __init__(self, mode='nonlinear', num_layers=3, out_dim=128, ft_proj_selector=0, global_bn=True,
@@ -86,13 +92,13 @@ class ProjectionHead(resnet.Layer):
     if mode == 'nonlinear' and num_layers < 1:
       raise ValueError(f'num_proj_layers must be >= 1 for a nonlinear head, got {num_layers}.')
     depth = {'none': 0, 'linear': 1, 'nonlinear': num_layers}[mode]
-    if not 0 <= ft_proj_selector <= depth:
-      raise ValueError(f'ft_proj_selector must be in 0..{depth} for a {mode!r} head of {depth} layers, '
-                       f'got {ft_proj_selector}.')
+    if not -depth - 1 <= ft_proj_selector <= depth:
+      raise ValueError(f'ft_proj_selector must be in 0..{depth} (or -1 for the last) for a {mode!r} head of '
+                       f'{depth} layers, got {ft_proj_selector}.')
     if out_dim < 1:
       raise ValueError(f'proj_out_dim must be >= 1, got {out_dim}.')
     self.mode = mode
-    self.ft_proj_selector = ft_proj_selector
+    self.ft_proj_selector = selector_index(ft_proj_selector, depth)
     bn_args = dict(global_bn=global_bn, batch_norm_decay=batch_norm_decay)
     if mode == 'linear':
       self.linear_layers = [LinearLayer(out_dim, use_bias=False, use_bn=True, name='l_0', **bn_args)]

@@ -10,7 +10,7 @@ shape. Nothing depends on auto-numbered layer names, on which of several object 
 happens to use (a SavedModel stores most variables under `.../variables/<n>`), or on the TensorFlow version.
 
 `inspect(path)` reads only the object graph and shapes: the format, the global step and the network
-(`Architecture`: depth from the blocks per group, width from the first block's filters, stem, selective
+(`Architecture`: depth from the blocks per group, width from the convolutions' channels, stem, selective
 kernels, squeeze-excitation, projection head and supervised head from their layers). `restore(model, file)`
 then places every encoder and projection-head variable of the file into a model built for that architecture,
 or raises and places none. `export` writes this project's SavedModel, which is also a TF Hub Reusable
@@ -19,6 +19,7 @@ SavedModel. Every path goes through `tf.io.gfile`, so `gs://` works like a local
 
 import dataclasses
 import json
+import math
 import os
 import re
 
@@ -28,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
+import model as model_lib
 import resnet
 
 # The structure of a SimCLR model: attribute names of the authors' tf2 code, which this project's layers keep.
@@ -171,13 +173,12 @@ class Architecture:
 
   def contradictions(self, given):
     """[(flag, given value, file value)] for the flag values in `given` that would build another network."""
-    def group_filters(width_multiplier):
-      return [resnet.channels(64 * 2 ** g, width_multiplier) for g in range(4)]
-    filters = group_filters(self.width_multiplier)
+    expansion = 1 if resnet.ARCHITECTURES[self.resnet_depth][0] == 'basic' else 4
+    conv_widths = lambda w: [resnet.channels(m, w) for m, _ in _width_rules(expansion)]
+    filters = resnet.group_widths(self.width_multiplier)
     mode = given.get('proj_head_mode', self.proj_head_mode)
     same = {
-        'width_multiplier': lambda w: [resnet.channels(32, w)] + group_filters(w) == [
-            resnet.channels(32, self.width_multiplier)] + filters,
+        'width_multiplier': lambda w: conv_widths(w) == conv_widths(self.width_multiplier),
         'sk_ratio': lambda r: (r > 0) == (self.sk_ratio > 0) and (
             r == 0 or [resnet.sk_attention_width(f, r) for f in filters] ==
             [resnet.sk_attention_width(f, self.sk_ratio) for f in filters]),
@@ -208,7 +209,8 @@ class Architecture:
     if train_mode == 'linear_eval':
       reads = None if linear_eval_endpoint in ('final_avg_pool', 'block_group4') else linear_eval_endpoint
       return self.linear_eval_endpoint == reads and (reads is not None or self.ft_proj_selector == 0)
-    return self.linear_eval_endpoint is None and self.ft_proj_selector == ft_proj_selector
+    return self.linear_eval_endpoint is None and self.ft_proj_selector == model_lib.selector_index(
+        ft_proj_selector, self.num_proj_layers)
 
   def describe(self):
     net = f'ResNet-{self.resnet_depth} x{self.width_multiplier:g}'
@@ -229,6 +231,32 @@ def _solve_ratio(observed, rule, common):
   return next((r for r in candidates if all(rule(f, r) == v for f, v in observed.items())), None)
 
 
+def _width_rules(expansion):
+  """[(width at 1x, key of a conv of that width)] that tell the width multiplier: the stem's last conv (key None),
+  each group's first conv and (bottlenecks) its 4x shortcut conv."""
+  main, shortcut = (('conv2d_bn_layers', 'shortcut_layers') if expansion == 1 else
+                    ('conv_relu_dropblock_layers', 'projection_layers'))
+  rules = [(64, None)]
+  for g in range(4):
+    first = f'{ENCODER}/block_groups/{g}/layers/0/'
+    rules.append((64 * 2 ** g, f'{first}{main}/0/conv2d/kernel'))
+    if expansion > 1:
+      rules.append((64 * 2 ** g * expansion, f'{first}{shortcut}/0/conv2d/kernel'))
+  return rules
+
+
+def _solve_width(observed):
+  """The width multiplier with the fewest decimals that gives every observed {width at 1x: channels} as the
+  authors' code does (truncating), or None. Width 0.1 gives 6, 12, 25, 51: no single conv tells it."""
+  low = max(c / m for m, c in observed.items())
+  high = min((c + 1) / m for m, c in observed.items())
+  for decimals in range(8):
+    width = math.ceil(low * 10 ** decimals - 1e-9) / 10 ** decimals
+    if width < high and all(resnet.channels(m, width) == c for m, c in observed.items()):
+      return width
+  return low if low < high else None
+
+
 def _infer_architecture(shapes, name):
   """The `Architecture` whose variables have these {structural key: shape}, head position left at 0."""
   def fail(why):
@@ -246,12 +274,6 @@ def _infer_architecture(shapes, name):
   depth = next((d for d, spec in resnet.ARCHITECTURES.items() if spec == (block, blocks)), None)
   if depth is None:
     fail(f'{block} blocks per group {blocks} are not a ResNet-{"/".join(map(str, resnet.SUPPORTED_DEPTHS))}')
-  kernel = shapes.get(first + ('conv2d_bn_layers' if block == 'basic' else 'conv_relu_dropblock_layers') +
-                      '/0/conv2d/kernel')
-  if kernel is None:
-    fail('its first block has no convolution')
-  width = kernel[-1] / 64
-  filters = [resnet.channels(64 * 2 ** g, width) for g in range(4)]
   stem_conv = ENCODER + r'/initial_conv_relu_max_pool/(\d+)/conv2d/kernel'
   stem = [shapes[key] for key in sorted((k for k in shapes if re.fullmatch(stem_conv, k)),
                                         key=lambda k: int(re.fullmatch(stem_conv, k).group(1)))]
@@ -259,6 +281,14 @@ def _infer_architecture(shapes, name):
     fail('it has no stem convolution')
   cifar_stem = len(stem) == 1 and stem[0][0] == 3
   resnet_d = len(stem) == 3
+  rules = _width_rules(1 if block == 'basic' else 4)
+  if any(key not in shapes for _, key in rules[1:]):
+    fail('a block group\'s first block lacks a convolution')
+  observed = {m: (stem[-1] if key is None else shapes[key])[-1] for m, key in rules}
+  width = _solve_width(observed)
+  if width is None:
+    fail(f'no width multiplier gives its channels {list(observed.values())}')
+  filters = resnet.group_widths(width)
   in_block = ENCODER + r'/block_groups/\d+/layers/\d+/'
   sk_widths = {filters[int(k.split('/')[2])]: shape[-1] for k, shape in shapes.items()
                if re.fullmatch(in_block + r'conv_relu_dropblock_layers/\d+/conv2d_0/kernel', k)}
@@ -288,7 +318,7 @@ def _head_positions(arch, head_input_width):
   positions = [(j, None) for j, width in enumerate(widths) if width == head_input_width]
   expansion = 1 if resnet.ARCHITECTURES[arch.resnet_depth][0] == 'basic' else 4
   for g in range(4):  # a linear-evaluation head on an earlier block group (--linear_eval_endpoint)
-    if resnet.channels(64 * 2 ** g, arch.width_multiplier) * expansion == head_input_width and g < 3:
+    if resnet.channels(64 * 2 ** g * expansion, arch.width_multiplier) == head_input_width and g < 3:
       positions.append((0, f'block_group{g + 1}'))
   return positions
 
@@ -320,7 +350,7 @@ def resolve(path):
   if tf.io.gfile.exists(os.path.join(path, 'saved_model.pb')):
     return 'SavedModel', os.path.join(path, 'variables', 'variables'), path
   if tf.io.gfile.isdir(path):
-    latest = tf.train.latest_checkpoint(path)
+    latest = _latest_checkpoint(path)
     if latest:
       return 'training checkpoint', latest, None
     exported = os.path.join(path, 'saved_model')
@@ -331,7 +361,7 @@ def resolve(path):
       if steps:
         return resolve(os.path.join(exported, str(steps[-1])))
     raise ModelFileError(f'{path} holds no SavedModel (saved_model.pb) and no training checkpoint (a '
-                         '"checkpoint" file).')
+                         '"checkpoint" file, or ckpt-N.index).')
   if tf.io.gfile.exists(path + '.index'):
     return 'training checkpoint', path, None
   prefix = re.sub(r'\.(index|data-\d+-of-\d+)$', '', path)
@@ -341,6 +371,24 @@ def resolve(path):
     raise ModelFileError(f'{path} is a file, not a checkpoint prefix (ckpt-N), a folder with a "checkpoint" file '
                          'or a SavedModel folder.')
   raise ModelFileError(f'{path} does not exist.')
+
+
+def _latest_checkpoint(folder):
+  """The prefix a folder's `checkpoint` file names -- beside it if the recorded path is elsewhere (a folder copied
+  from another machine or bucket keeps the absolute paths it was written with) -- else the folder's newest
+  `ckpt-<step>`, else None."""
+  state = None
+  if tf.io.gfile.exists(os.path.join(folder, 'checkpoint')):
+    try:
+      state = tf.train.get_checkpoint_state(folder)  # None if unreadable
+    except ValueError:
+      pass
+  named = state.model_checkpoint_path if state else ''
+  for prefix in (named, os.path.join(folder, os.path.basename(named))) if named else ():
+    if tf.io.gfile.exists(prefix + '.index'):
+      return prefix
+  paths = checkpoint_paths(folder)
+  return paths[-1] if paths else None
 
 
 def inspect(path):
@@ -425,8 +473,8 @@ def _head_position_from_flags(file, positions):
       except ValueError:
         continue
       endpoint = flags.get('linear_eval_endpoint') if flags.get('train_mode') == 'linear_eval' else None
-      position = (0 if endpoint else int(flags.get('ft_proj_selector', 0)),
-                  endpoint if endpoint != 'final_avg_pool' else None)
+      selector = model_lib.selector_index(int(flags.get('ft_proj_selector', 0)), file.architecture.num_proj_layers)
+      position = (0 if endpoint else selector, endpoint if endpoint != 'final_avg_pool' else None)
       if position in positions:
         return position
   return None

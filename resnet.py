@@ -123,14 +123,15 @@ def _fixed_padding(inputs, kernel_size):
 
 
 class Conv2dFixedPadding(keras.layers.Layer):
-  """Bias-free convolution; strided ones pad explicitly ('VALID') as in the reference ResNet."""
+  """Bias-free convolution; strided ones pad explicitly ('VALID') as in the reference ResNet. `filters` may be a
+  fraction (a width-multiplied base width): it is truncated, as Keras 2 did in the authors' code."""
 
   def __init__(self, filters, kernel_size, strides, **kwargs):
     super().__init__(**kwargs)
     self.kernel_size = kernel_size
     self.strides = strides
     self.conv2d = keras.layers.Conv2D(
-        filters=filters,
+        filters=int(filters),
         kernel_size=kernel_size,
         strides=strides,
         padding='same' if strides == 1 else 'valid',
@@ -145,17 +146,22 @@ class Conv2dFixedPadding(keras.layers.Layer):
 
 
 def channels(filters, width_multiplier):
-  """Channels of a layer with `filters` at width 1x (the stem's and groups' 64, 128, 256, 512)."""
-  return int(round(filters * width_multiplier))
+  """Channels of a layer with `filters` at width 1x (64, 128, 256, 512, a bottleneck's 4x, an SK conv's 2x).
+
+  Truncated, not rounded: the authors' code passes `64 * width_multiplier` (a float) to Keras 2, which truncates
+  (width 0.1: 6, 12, 25, 51 channels; a bottleneck's output int(1024 * 0.1) = 102, not 4 * 25).
+  """
+  return int(filters * width_multiplier)
 
 
 def sk_attention_width(filters, sk_ratio, min_dim=32):
-  """Hidden channels of a selective-kernel attention MLP, as the SimCLRv2 code sizes it."""
+  """Hidden channels of a selective-kernel attention MLP, as the SimCLRv2 code sizes it (`filters`: the
+  block's fractional base width, as `BlockGroup` gets it)."""
   return max(int(filters * sk_ratio), min_dim)
 
 
 def se_width(filters, se_ratio):
-  """Bottleneck channels of a squeeze-excitation layer, as the SimCLRv2 code sizes it."""
+  """Bottleneck channels of a squeeze-excitation layer, as the SimCLRv2 code sizes it (`filters` as above)."""
   return max(1, int(filters * se_ratio))
 
 
@@ -170,13 +176,13 @@ class SK_Conv2D(Layer):  # pylint: disable=invalid-name
                **kwargs):
     super().__init__(**kwargs)
     bn_args = dict(global_bn=global_bn, batch_norm_decay=batch_norm_decay)
-    self.conv2d_fixed_padding = Conv2dFixedPadding(2 * filters, kernel_size=3, strides=strides)
+    self.conv2d_fixed_padding = Conv2dFixedPadding(2 * filters, kernel_size=3, strides=strides)  # int() inside
     self.batch_norm_relu = BatchNormRelu(**bn_args)
     mid_dim = sk_attention_width(filters, sk_ratio, min_dim)
     self.conv2d_0 = keras.layers.Conv2D(mid_dim, kernel_size=1, use_bias=False,
                                         kernel_initializer=_conv_initializer())
     self.batch_norm_relu_1 = BatchNormRelu(**bn_args)
-    self.conv2d_1 = keras.layers.Conv2D(2 * filters, kernel_size=1, use_bias=False,
+    self.conv2d_1 = keras.layers.Conv2D(int(2 * filters), kernel_size=1, use_bias=False,
                                         kernel_initializer=_conv_initializer())
 
   def call(self, inputs, training=None):
@@ -286,7 +292,8 @@ class BottleneckBlock(Layer):
 
 
 class BlockGroup(Layer):
-  """`blocks` blocks; the first one strides and has the projection shortcut."""
+  """`blocks` blocks; the first one strides and has the projection shortcut. `filters` is the group's base
+  width times the width multiplier, a float as in the authors' code: each layer truncates its own multiple."""
 
   def __init__(self, filters, block_fn, blocks, strides, block_args, **kwargs):
     super().__init__(**kwargs)
@@ -331,8 +338,8 @@ class Resnet(Layer):
 
     block_args = dict(sk_ratio=sk_ratio, se_ratio=se_ratio, **bn_args)
     self.block_groups = [
-        BlockGroup(width(filters), block_fn, blocks, strides, block_args, name=f'block_group{i + 1}')
-        for i, (filters, blocks, strides) in enumerate(zip((64, 128, 256, 512), layers, (1, 2, 2, 2)))
+        BlockGroup(filters, block_fn, blocks, strides, block_args, name=f'block_group{i + 1}')
+        for i, (filters, blocks, strides) in enumerate(zip(group_widths(width_multiplier), layers, (1, 2, 2, 2)))
     ]
     # Freeze the stem (k = 0) and the block groups up to k, as the authors' code does for fine-tuning.
     if fine_tune_after_block >= 0:
@@ -383,6 +390,9 @@ def resnet(resnet_depth, width_multiplier=1, cifar_stem=False, sk_ratio=0.0, se_
     raise ValueError(f'width_multiplier must be positive and leave >= 2 stem channels, got {width_multiplier}.')
   if sk_ratio < 0 or se_ratio < 0:
     raise ValueError(f'sk_ratio and se_ratio must be >= 0, got {sk_ratio} and {se_ratio}.')
+  if sk_ratio > 0 and not selective_kernels_fit(width_multiplier):
+    raise ValueError(f'selective kernels need even widths: width_multiplier {width_multiplier} gives '
+                     f'{[int(2 * f) for f in group_widths(width_multiplier)]}.')
   if fine_tune_after_block not in (-1, 0, 1, 2, 3, 4):
     raise ValueError(f'fine_tune_after_block must be in -1..4, got {fine_tune_after_block}.')
   block, layers = ARCHITECTURES[resnet_depth]
@@ -392,7 +402,18 @@ def resnet(resnet_depth, width_multiplier=1, cifar_stem=False, sk_ratio=0.0, se_
                 fine_tune_after_block=fine_tune_after_block, name=name)
 
 
+def group_widths(width_multiplier):
+  """The block groups' base widths as their layers get them: 64, 128, 256, 512 times the multiplier (floats)."""
+  return [filters * width_multiplier for filters in (64, 128, 256, 512)]
+
+
+def selective_kernels_fit(width_multiplier):
+  """Whether selective kernels can be built at this width: their 2x conv is split into two equal streams, so
+  its truncated width must be even (not so at width 0.1: int(2 * 25.6) = 51; the authors' code fails too)."""
+  return all(int(2 * filters) % 2 == 0 for filters in group_widths(width_multiplier))
+
+
 def output_width(resnet_depth, width_multiplier=1):
   """Width of the pooled representation for a depth and width multiplier."""
   expansion = 1 if ARCHITECTURES[resnet_depth][0] == 'basic' else 4
-  return channels(512, width_multiplier) * expansion
+  return channels(512 * expansion, width_multiplier)

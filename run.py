@@ -132,7 +132,7 @@ _define('bool', 'jit_compile', False, 'Compile the train step with XLA (off by d
 _define('enum', 'proj_head_mode', 'nonlinear', list(model_lib.PROJ_HEAD_MODES), 'Projection head.')
 _define('integer', 'proj_out_dim', 128, 'Projection output dimension.')
 _define('integer', 'num_proj_layers', 3, 'Layers of the nonlinear projection head.')
-_define('integer', 'ft_proj_selector', 0, 'Projection-head layer to fine-tune from (0 = its input).')
+_define('integer', 'ft_proj_selector', 0, 'Projection-head layer to fine-tune from (0 = its input, -1 = its last).')
 _define('bool', 'lineareval_while_pretraining', True, 'Train a linear head on stop-gradient features.')
 _define('float', 'temperature', 0.5, 'NT-Xent temperature.')
 _define('bool', 'hidden_norm', True, 'L2-normalise projections before NT-Xent (cosine similarity).')
@@ -217,15 +217,18 @@ def validate(cfg, num_replicas=1):
       (cfg.resnet_depth not in resnet.SUPPORTED_DEPTHS,
        f'--resnet_depth must be one of {", ".join(map(str, resnet.SUPPORTED_DEPTHS))}, got {cfg.resnet_depth}.'),
       (not cfg.width_multiplier > 0 or resnet.channels(64, cfg.width_multiplier) < 2,
-       f'--width_multiplier must be > 0 and leave at least 2 stem channels (>= 0.024), got {cfg.width_multiplier}.'),
+       f'--width_multiplier must be > 0 and leave at least 2 stem channels (>= 1/32), got {cfg.width_multiplier}.'),
+      (cfg.sk_ratio > 0 and cfg.width_multiplier > 0 and not resnet.selective_kernels_fit(cfg.width_multiplier),
+       f'--width_multiplier={cfg.width_multiplier} with --sk_ratio: selective kernels need even widths, and '
+       f'{[int(2 * f) for f in resnet.group_widths(cfg.width_multiplier)]} are not all even.'),
       (not 0 <= cfg.sk_ratio < 1, f'--sk_ratio must be in [0, 1) (SimCLRv2: 0.0625), got {cfg.sk_ratio}.'),
       (not 0 <= cfg.se_ratio <= 1, f'--se_ratio must be in [0, 1], got {cfg.se_ratio}.'),
       (cfg.proj_out_dim < 1, f'--proj_out_dim must be >= 1, got {cfg.proj_out_dim}.'),
       (cfg.proj_head_mode == 'nonlinear' and cfg.num_proj_layers < 1,
        f'--num_proj_layers must be >= 1 for --proj_head_mode=nonlinear, got {cfg.num_proj_layers}.'),
-      (not 0 <= cfg.ft_proj_selector <= depth,
-       f'--ft_proj_selector must be in 0..{depth} for a {cfg.proj_head_mode} head of {depth} layer(s), got '
-       f'{cfg.ft_proj_selector}.'),
+      (not -depth - 1 <= cfg.ft_proj_selector <= depth,
+       f'--ft_proj_selector must be in 0..{depth} (or -1 for the last) for a {cfg.proj_head_mode} head of {depth} '
+       f'layer(s), got {cfg.ft_proj_selector}.'),
       (cfg.fine_tune_after_block not in range(-1, 5), f'--fine_tune_after_block must be in -1..4, got '
                                                        f'{cfg.fine_tune_after_block}.'),
       (not 0 < cfg.batch_norm_decay < 1, f'--batch_norm_decay must be in (0, 1), got {cfg.batch_norm_decay}.'),
@@ -506,9 +509,12 @@ def train(cfg, strategy, source, chief, num_examples, subset_ids, files):
   with strategy.scope():
     model, optimizer, schedule = build_training(cfg, strategy, max(source.num_classes, 1), num_examples)
     loop_metrics = {name: keras.metrics.Mean(name) for name in metric_names(cfg, model)}
-  parameters = sum(int(tf.size(v)) for v in model.resnet_model.trainable_variables)
-  progress.status(f'Model: ResNet-{cfg.resnet_depth} x{cfg.width_multiplier:g} ({parameters / 1e6:.1f}M encoder '
-                  f'parameters); {train_steps} steps of {cfg.train_batch_size} images.')
+  count = lambda variables: sum(int(tf.size(v)) for v in variables
+                                if not v.path.endswith(('moving_mean', 'moving_variance'))) / 1e6
+  parameters, trained = count(model.resnet_model.weights), count(model.resnet_model.trainable_weights)
+  progress.status(f'Model: ResNet-{cfg.resnet_depth} x{cfg.width_multiplier:g} ({parameters:.1f}M encoder parameters' +
+                  (f', {trained:.1f}M trained' if trained != parameters else '') +
+                  f'); {train_steps} steps of {cfg.train_batch_size} images.')
 
   # Every worker resumes from the chief's checkpoints in model_dir (shared storage when multi-worker); the
   # others must still save (saving can involve collectives), into a local scratch dir deleted at the end.
@@ -763,6 +769,8 @@ def main(argv):
     if files['checkpoint'] is not None:
       cfg = adopt_architecture(cfg, explicit, files['checkpoint'])
     validate(cfg, strategy.num_replicas_in_sync)
+    if cfg.mode == 'export':  # needs no data
+      return export_file(cfg, strategy, files)
     progress.status(f'Preparing data: {cfg.dataset}...')
     source = data_lib.load_source(cfg.dataset, cfg.data_dir, cfg.strict_images)
     check_classifiers(cfg, files, source)
@@ -776,9 +784,7 @@ def main(argv):
     cfg = cfg.replace(lineareval_while_pretraining=False)
   chief = is_chief(strategy)
   try:
-    if cfg.mode == 'export':
-      export_file(cfg, strategy, files)
-    elif cfg.mode == 'eval' and files['checkpoint'] is not None:
+    if cfg.mode == 'eval' and files['checkpoint'] is not None:
       eval_file(cfg, strategy, source, chief, files['checkpoint'])
     elif cfg.mode == 'eval':
       eval_checkpoints(cfg, strategy, source, chief)

@@ -93,11 +93,53 @@ def test_the_fine_tuned_head_position_comes_from_the_savedmodel_not_from_flags(t
   assert model_io.inspect(str(copy / 'ckpt')).architecture.ft_proj_selector == 1
 
 
+def _save_run(net, folder, step, flags=None):
+  """`net` as a training checkpoint of step `step` in `folder` (with a flags.json if given)."""
+  optimizer = keras.optimizers.SGD(0.1)
+  optimizer.build(net.trainable_variables)
+  optimizer.iterations.assign(step)
+  manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=net, optimizer=optimizer), str(folder),
+                                       max_to_keep=2, checkpoint_name='ckpt', step_counter=optimizer.iterations)
+  manager.save(checkpoint_number=step)
+  if flags is not None:
+    (folder / 'flags.json').write_text(json.dumps(flags))
+
+
+def test_the_authors_selector_minus_one_is_the_heads_last_layer(tmp_path):
+  """Their flags.json may say ft_proj_selector=-1 ("the final layer"); every projection layer of ResNet-18 x0.25
+  with a 128-d output has the head's input width, so only the flags tell where it reads."""
+  keras.utils.set_random_seed(2)
+  net = model_lib.SimCLRModel(5, resnet_depth=18, width_multiplier=0.25, cifar_stem=True, global_bn=False,
+                              train_mode='finetune', ft_proj_selector=-1)
+  net(tf.zeros([1, 32, 32, 3]), training=False)
+  assert net._projection_head.ft_proj_selector == 3
+  _save_run(net, tmp_path / 'run', 7, {'ft_proj_selector': -1, 'train_mode': 'finetune'})
+  arch = model_io.inspect(str(tmp_path / 'run')).architecture
+  assert (arch.ft_proj_selector, arch.num_proj_layers) == (3, 3)
+  assert arch.head_fits(5, 'finetune', -1, 'final_avg_pool') and not arch.head_fits(5, 'finetune', 0, None)
+
+
+def test_a_checkpoint_folder_copied_from_elsewhere_is_read_from_where_it_is(tmp_path):
+  """Its `checkpoint` file names absolute paths of the machine that wrote it; or it was copied without one."""
+  net = model_lib.SimCLRModel(3, resnet_depth=18, width_multiplier=0.125, cifar_stem=True, global_bn=False,
+                              train_mode='finetune')
+  net(tf.zeros([1, 32, 32, 3]), training=False)
+  folder = tmp_path / 'copy'
+  _save_run(net, folder, 9)
+  (folder / 'checkpoint').write_text('model_checkpoint_path: "/elsewhere/run/ckpt-9"\n'
+                                     'all_model_checkpoint_paths: "/elsewhere/run/ckpt-9"\n')
+  assert model_io.inspect(str(folder)).prefix == str(folder / 'ckpt-9')
+  (folder / 'checkpoint').unlink()
+  file = model_io.inspect(str(folder))
+  assert (file.prefix, file.step, file.architecture.width_multiplier) == (str(folder / 'ckpt-9'), 9, 0.125)
+
+
 def test_contradictions_name_the_flag_and_both_values():
   arch = model_io.inspect(os.path.join(FIXTURES, 'r50_sk1_pretrain', 'ckpt')).architecture
   assert arch.contradictions({'resnet_depth': 50, 'width_multiplier': 0.125, 'sk_ratio': 0.0625}) == []
   assert arch.contradictions({'resnet_depth': 18}) == [('resnet_depth', 18, 50)]
-  assert arch.contradictions({'width_multiplier': 0.13}) == [('width_multiplier', 0.13, 0.125)]  # 67 vs 64 channels
+  assert arch.contradictions({'width_multiplier': 0.13}) == [('width_multiplier', 0.13, 0.125)]  # 66 vs 64 channels
+  assert arch.contradictions({'width_multiplier': 0.1252}) == []  # the same channels: the same network
   assert arch.contradictions({'sk_ratio': 0.0}) == [('sk_ratio', 0.0, 0.0625)]
   assert arch.contradictions({'sk_ratio': 0.1}) == []  # the same attention widths (32) at this width
   assert arch.contradictions({'proj_head_mode': 'linear'}) == [('proj_head_mode', 'linear', 'nonlinear')]
@@ -185,10 +227,13 @@ def test_strays_outside_the_known_layers_are_refused(tmp_path):
          num_proj_layers=2, proj_out_dim=16, ft_proj_selector=1),
     dict(resnet_depth=50, width_multiplier=0.0625, cifar_stem=True, se_ratio=0.25, proj_head_mode='linear',
          proj_out_dim=24),
+    # Width 0.1 has no one conv that tells it (6, 12, 25, 51 channels; 25, 51, 102, 204 at the 4x outputs).
+    dict(resnet_depth=50, width_multiplier=0.1, cifar_stem=True, se_ratio=0.25, num_proj_layers=1, proj_out_dim=8),
 ])
 def test_this_projects_checkpoints_and_exports_read_back(tmp_path, kwargs):
   """Architectures the fixtures do not cover (basic blocks with SK + SE and a 2-layer head read from its layer 1,
-  a CIFAR-stem bottleneck ResNet with SE and a linear head), from this project's training checkpoint and export."""
+  a CIFAR-stem bottleneck ResNet with SE and a linear head, width 0.1), from this project's training checkpoint
+  and export."""
   keras.utils.set_random_seed(1)
   net = model_lib.SimCLRModel(7, global_bn=False, train_mode='finetune', **kwargs)
   size = 32 if kwargs['cifar_stem'] else 64
@@ -198,14 +243,7 @@ def test_this_projects_checkpoints_and_exports_read_back(tmp_path, kwargs):
     v.assign(tf.random.stateless_normal(v.shape, seed=[len(v.path), 5], stddev=0.2) + (
         1.5 if 'moving_variance' in v.path else 0.0))
   expected = net(images, training=False)
-  optimizer = keras.optimizers.SGD(0.1)
-  optimizer.build(net.trainable_variables)
-  optimizer.iterations.assign(12)
-  manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=net, optimizer=optimizer), str(tmp_path / 'run'),
-                                       max_to_keep=2, checkpoint_name='ckpt', step_counter=optimizer.iterations)
-  manager.save(checkpoint_number=12)
-  (tmp_path / 'run' / 'flags.json').write_text(json.dumps({'ft_proj_selector': kwargs.get('ft_proj_selector', 0),
-                                                           'train_mode': 'finetune'}))
+  _save_run(net, tmp_path / 'run', 12, {'ft_proj_selector': kwargs.get('ft_proj_selector', 0), 'train_mode': 'finetune'})
   exported = model_io.export(net, str(tmp_path / 'run' / 'saved_model'), 12)
   for path in (str(tmp_path / 'run'), exported):
     file = model_io.inspect(path)

@@ -54,6 +54,29 @@ def test_endpoints_and_fractional_widths(depth, width, cifar_stem, image_size, e
   assert pooled.shape[-1] == resnet.output_width(depth, width)
 
 
+@pytest.mark.parametrize('depth, width, stem, groups, shortcuts', [
+    # The authors' code passes 64 * w (a float) to Keras 2, which truncates; these are the channels of
+    # ResNets their code wrote at width 0.1 (a bottleneck's output int(1024 * 0.1) = 102, not 4 * 25).
+    (50, 0.1, 6, [6, 12, 25, 51], [25, 51, 102, 204]),
+    (18, 0.3, 19, [19, 38, 76, 153], [19, 38, 76, 153]),
+])
+def test_fractional_widths_truncate_as_the_authors_code_does(depth, width, stem, groups, shortcuts):
+  encoder = build(depth, width, image_size=64)
+  main, shortcut = ('conv2d_bn_layers', 'shortcut_layers') if depth < 50 else (
+      'conv_relu_dropblock_layers', 'projection_layers')
+  assert encoder.initial_conv_relu_max_pool[0].conv2d.kernel.shape[-1] == stem
+  firsts = [group.layers[0] for group in encoder.block_groups]
+  assert [getattr(b, main)[0].conv2d.kernel.shape[-1] for b in firsts] == groups
+  assert [getattr(b, shortcut)[0].conv2d.kernel.shape[-1] for b in firsts] == shortcuts
+  assert resnet.output_width(depth, width) == shortcuts[-1]
+
+
+def test_selective_kernels_need_even_widths():
+  assert resnet.selective_kernels_fit(0.25) and not resnet.selective_kernels_fit(0.1)  # int(2 * 25.6) = 51
+  with pytest.raises(ValueError, match='selective kernels need even widths'):
+    resnet.resnet(50, 0.1, sk_ratio=0.0625)
+
+
 def test_odd_image_sizes_use_fixed_padding():
   # 7x7/2 conv on 33 px with fixed padding 3: floor((33 + 6 - 7) / 2) + 1 = 17; max-pool 'same': 9.
   endpoints = resnet.resnet(18, 0.25)(tf.zeros([1, 33, 33, 3]), training=False, return_endpoints=True)

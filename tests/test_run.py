@@ -300,6 +300,9 @@ def config(**overrides):
     (dict(proj_out_dim=0), 1, '--proj_out_dim must be >= 1'),
     (dict(num_proj_layers=0), 1, '--num_proj_layers must be >= 1'),
     (dict(ft_proj_selector=4), 1, '--ft_proj_selector must be in 0..3'),
+    (dict(ft_proj_selector=-5), 1, r'--ft_proj_selector must be in 0..3 \(or -1 for the last\)'),
+    (dict(resnet_depth=50, width_multiplier=0.1, sk_ratio=0.0625), 1,
+     r'--width_multiplier=0.1 with --sk_ratio: selective kernels need even widths, and \[12, 25, 51, 102\]'),
     (dict(fine_tune_after_block=5, train_mode='finetune', random_init=True), 1, '--fine_tune_after_block must be'),
     (dict(use_tpu=True), 1, '--use_tpu needs --tpu_name'),
     (dict(checkpoint_steps=-1), 1, '--checkpoint_steps and --train_summary_steps must be >= 0'),
@@ -390,8 +393,10 @@ def test_export_and_evaluate_the_authors_savedmodel_without_training(shapes_data
   --mode=eval --checkpoint evaluates their classifier as it is (a class-count mismatch: check_classifiers)."""
   folder = os.path.join(AUTHORS, 'r50_sk0_finetune')
   converted = tmp_path / 'converted'
-  result = run_py('--mode=export', f'--checkpoint={folder}/saved_model', f'--model_dir={converted}')
+  result = run_py('--mode=export', f'--checkpoint={folder}/saved_model', f'--model_dir={converted}',
+                  f'--data_dir={tmp_path / "data"}')
   assert f'to {converted}/saved_model/0' in result.stdout
+  assert 'Preparing data' not in result.stdout and not (tmp_path / 'data').exists()  # an export reads no data
   inputs, expected = np.load(os.path.join(folder, 'inputs.npy')), np.load(os.path.join(folder, 'expected.npz'))
   loaded = tf.saved_model.load(str(converted / 'saved_model' / '0'))
   served = keras.layers.TFSMLayer(str(converted / 'saved_model' / '0'), call_endpoint='serving_default')(inputs)
