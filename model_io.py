@@ -24,7 +24,6 @@ import os
 import re
 
 from absl import logging
-import keras
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
@@ -107,7 +106,8 @@ def model_variables(model):
   """{structural key: variable} of a `model.SimCLRModel`."""
   def children(obj):  # pylint: disable=protected-access
     return obj._trackable_children('checkpoint').items() if hasattr(obj, '_trackable_children') else ()
-  return _structural_keys(model, children, lambda obj: isinstance(obj, (tf.Variable, keras.Variable)))
+  # Not isinstance(obj, keras.Variable): in Keras 3.5 that is a subclass the layers' own variables are not of.
+  return _structural_keys(model, children, lambda obj: isinstance(obj, tf.Variable) or hasattr(obj, 'assign'))
 
 
 class _ObjectGraph:
@@ -246,13 +246,13 @@ def _width_rules(expansion):
 
 
 def _solve_width(observed):
-  """The width multiplier with the fewest decimals that gives every observed {width at 1x: channels} as the
+  """The width multiplier with the fewest decimals that gives every observed (width at 1x, channels) as the
   authors' code does (truncating), or None. Width 0.1 gives 6, 12, 25, 51: no single conv tells it."""
-  low = max(c / m for m, c in observed.items())
-  high = min((c + 1) / m for m, c in observed.items())
+  low = max(c / m for m, c in observed)
+  high = min((c + 1) / m for m, c in observed)
   for decimals in range(8):
     width = math.ceil(low * 10 ** decimals - 1e-9) / 10 ** decimals
-    if width < high and all(resnet.channels(m, width) == c for m, c in observed.items()):
+    if width < high and all(resnet.channels(m, width) == c for m, c in observed):
       return width
   return low if low < high else None
 
@@ -284,10 +284,10 @@ def _infer_architecture(shapes, name):
   rules = _width_rules(1 if block == 'basic' else 4)
   if any(key not in shapes for _, key in rules[1:]):
     fail('a block group\'s first block lacks a convolution')
-  observed = {m: (stem[-1] if key is None else shapes[key])[-1] for m, key in rules}
+  observed = [(m, (stem[-1] if key is None else shapes[key])[-1]) for m, key in rules]
   width = _solve_width(observed)
   if width is None:
-    fail(f'no width multiplier gives its channels {list(observed.values())}')
+    fail(f'no width multiplier gives its channels {[c for _, c in observed]}')
   filters = resnet.group_widths(width)
   in_block = ENCODER + r'/block_groups/\d+/layers/\d+/'
   sk_widths = {filters[int(k.split('/')[2])]: shape[-1] for k, shape in shapes.items()
@@ -384,7 +384,7 @@ def _latest_checkpoint(folder):
     except ValueError:
       pass
   named = state.model_checkpoint_path if state else ''
-  for prefix in (named, os.path.join(folder, os.path.basename(named))) if named else ():
+  for prefix in (os.path.join(folder, os.path.basename(named)), named) if named else ():
     if tf.io.gfile.exists(prefix + '.index'):
       return prefix
   paths = checkpoint_paths(folder)

@@ -382,7 +382,7 @@ def resnet(resnet_depth, width_multiplier=1, cifar_stem=False, sk_ratio=0.0, se_
     name: Keras layer name.
 
   Returns:
-    A `Resnet` layer; output width is 512 * w (depth 18/34) or 2048 * w.
+    A `Resnet` layer; output width is int(512 * w) (depth 18/34) or int(2048 * w).
   """
   if resnet_depth not in ARCHITECTURES:
     raise ValueError(f'resnet_depth must be one of {SUPPORTED_DEPTHS}, got {resnet_depth}.')
@@ -390,7 +390,7 @@ def resnet(resnet_depth, width_multiplier=1, cifar_stem=False, sk_ratio=0.0, se_
     raise ValueError(f'width_multiplier must be positive and leave >= 2 stem channels, got {width_multiplier}.')
   if sk_ratio < 0 or se_ratio < 0:
     raise ValueError(f'sk_ratio and se_ratio must be >= 0, got {sk_ratio} and {se_ratio}.')
-  if sk_ratio > 0 and not selective_kernels_fit(width_multiplier):
+  if sk_ratio > 0 and not selective_kernels_fit(resnet_depth, width_multiplier):
     raise ValueError(f'selective kernels need even widths: width_multiplier {width_multiplier} gives '
                      f'{[int(2 * f) for f in group_widths(width_multiplier)]}.')
   if fine_tune_after_block not in (-1, 0, 1, 2, 3, 4):
@@ -407,10 +407,12 @@ def group_widths(width_multiplier):
   return [filters * width_multiplier for filters in (64, 128, 256, 512)]
 
 
-def selective_kernels_fit(width_multiplier):
-  """Whether selective kernels can be built at this width: their 2x conv is split into two equal streams, so
-  its truncated width must be even (not so at width 0.1: int(2 * 25.6) = 51; the authors' code fails too)."""
-  return all(int(2 * filters) % 2 == 0 for filters in group_widths(width_multiplier))
+def selective_kernels_fit(resnet_depth, width_multiplier):
+  """Whether selective kernels can be built at this width: a bottleneck's 2x conv is split into two equal
+  streams, so its truncated width must be even (not so at width 0.1: int(2 * 25.6) = 51; the authors' code fails
+  too). Basic blocks have none (`sk_ratio` gives them only the ResNet-D stem and shortcut)."""
+  return ARCHITECTURES[resnet_depth][0] == 'basic' or all(
+      int(2 * filters) % 2 == 0 for filters in group_widths(width_multiplier))
 
 
 def output_width(resnet_depth, width_multiplier=1):

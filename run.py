@@ -218,7 +218,8 @@ def validate(cfg, num_replicas=1):
        f'--resnet_depth must be one of {", ".join(map(str, resnet.SUPPORTED_DEPTHS))}, got {cfg.resnet_depth}.'),
       (not cfg.width_multiplier > 0 or resnet.channels(64, cfg.width_multiplier) < 2,
        f'--width_multiplier must be > 0 and leave at least 2 stem channels (>= 1/32), got {cfg.width_multiplier}.'),
-      (cfg.sk_ratio > 0 and cfg.width_multiplier > 0 and not resnet.selective_kernels_fit(cfg.width_multiplier),
+      (cfg.sk_ratio > 0 and cfg.width_multiplier > 0 and cfg.resnet_depth in resnet.SUPPORTED_DEPTHS and
+       not resnet.selective_kernels_fit(cfg.resnet_depth, cfg.width_multiplier),
        f'--width_multiplier={cfg.width_multiplier} with --sk_ratio: selective kernels need even widths, and '
        f'{[int(2 * f) for f in resnet.group_widths(cfg.width_multiplier)]} are not all even.'),
       (not 0 <= cfg.sk_ratio < 1, f'--sk_ratio must be in [0, 1) (SimCLRv2: 0.0625), got {cfg.sk_ratio}.'),

@@ -4,6 +4,7 @@ own tf2 code) and this project's files, read into this project's model exactly; 
 import json
 import logging
 import os
+import shutil
 
 import keras
 import numpy as np
@@ -120,15 +121,16 @@ def test_the_authors_selector_minus_one_is_the_heads_last_layer(tmp_path):
 
 
 def test_a_checkpoint_folder_copied_from_elsewhere_is_read_from_where_it_is(tmp_path):
-  """Its `checkpoint` file names absolute paths of the machine that wrote it; or it was copied without one."""
+  """Its `checkpoint` file names absolute paths where it was written (gone, or still there); or it has none."""
   net = model_lib.SimCLRModel(3, resnet_depth=18, width_multiplier=0.125, cifar_stem=True, global_bn=False,
                               train_mode='finetune')
   net(tf.zeros([1, 32, 32, 3]), training=False)
-  folder = tmp_path / 'copy'
-  _save_run(net, folder, 9)
-  (folder / 'checkpoint').write_text('model_checkpoint_path: "/elsewhere/run/ckpt-9"\n'
-                                     'all_model_checkpoint_paths: "/elsewhere/run/ckpt-9"\n')
-  assert model_io.inspect(str(folder)).prefix == str(folder / 'ckpt-9')
+  original, folder = tmp_path / 'original', tmp_path / 'copy'
+  _save_run(net, original, 9)
+  shutil.copytree(original, folder)
+  for written_at in (original, '/elsewhere/run'):
+    (folder / 'checkpoint').write_text(f'model_checkpoint_path: "{written_at}/ckpt-9"\n')
+    assert model_io.inspect(str(folder)).prefix == str(folder / 'ckpt-9')
   (folder / 'checkpoint').unlink()
   file = model_io.inspect(str(folder))
   assert (file.prefix, file.step, file.architecture.width_multiplier) == (str(folder / 'ckpt-9'), 9, 0.125)

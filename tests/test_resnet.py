@@ -72,9 +72,11 @@ def test_fractional_widths_truncate_as_the_authors_code_does(depth, width, stem,
 
 
 def test_selective_kernels_need_even_widths():
-  assert resnet.selective_kernels_fit(0.25) and not resnet.selective_kernels_fit(0.1)  # int(2 * 25.6) = 51
+  assert resnet.selective_kernels_fit(50, 0.25) and not resnet.selective_kernels_fit(50, 0.1)  # int(2 * 25.6) = 51
   with pytest.raises(ValueError, match='selective kernels need even widths'):
     resnet.resnet(50, 0.1, sk_ratio=0.0625)
+  assert resnet.selective_kernels_fit(18, 0.1)  # basic blocks have no selective kernel, only ResNet-D
+  build(18, 0.1, sk_ratio=0.0625)
 
 
 def test_odd_image_sizes_use_fixed_padding():

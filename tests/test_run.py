@@ -111,6 +111,7 @@ def test_linear_eval_mode_trains_a_head_on_the_frozen_encoder(pretrained, shapes
                   '--optimizer=momentum', '--learning_rate=0.1', '--weight_decay=1e-3',  # decay: frozen is frozen
                   *TINY)
   assert 'Linear evaluation (test): top-1' in result.stdout
+  assert 'Model: ResNet-18 x0.25 (0.7M encoder parameters, 0.0M trained)' in result.stdout  # 700,464, frozen
   pretrained_net, evaluated_net = tiny_model(), tiny_model('linear_eval')
   tf.train.Checkpoint(model=pretrained_net).read(os.path.join(model_dir, 'ckpt-4')).expect_partial()
   tf.train.Checkpoint(model=evaluated_net).read(os.path.join(eval_dir, 'ckpt-4')).expect_partial()
@@ -311,6 +312,14 @@ def test_bad_flag_combinations_fail_with_one_line(overrides, replicas, message):
   with pytest.raises(run.UsageError, match=message) as error:
     run.validate(config(**overrides), replicas)
   assert '\n' not in str(error.value)
+
+
+@pytest.mark.parametrize('overrides', [
+    dict(ft_proj_selector=-1),  # the authors' "final layer"
+    dict(resnet_depth=18, width_multiplier=0.1, sk_ratio=0.0625),  # basic blocks: ResNet-D only, no odd split
+])
+def test_flags_of_the_authors_code_are_accepted(overrides):
+  run.validate(config(**overrides))
 
 
 @pytest.mark.parametrize('flag', ['checkpoint', 'teacher'])
