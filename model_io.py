@@ -173,8 +173,7 @@ class Architecture:
 
   def contradictions(self, given):
     """[(flag, given value, file value)] for the flag values in `given` that would build another network."""
-    expansion = 1 if resnet.ARCHITECTURES[self.resnet_depth][0] == 'basic' else 4
-    conv_widths = lambda w: [resnet.channels(m, w) for m, _ in _width_rules(expansion)]
+    conv_widths = lambda w: [resnet.channels(m, w) for m, _ in _width_rules(resnet.expansion(self.resnet_depth))]
     filters = resnet.group_widths(self.width_multiplier)
     mode = given.get('proj_head_mode', self.proj_head_mode)
     same = {
@@ -281,7 +280,7 @@ def _infer_architecture(shapes, name):
     fail('it has no stem convolution')
   cifar_stem = len(stem) == 1 and stem[0][0] == 3
   resnet_d = len(stem) == 3
-  rules = _width_rules(1 if block == 'basic' else 4)
+  rules = _width_rules(resnet.expansion(depth))
   if any(key not in shapes for _, key in rules[1:]):
     fail('a block group\'s first block lacks a convolution')
   observed = [(m, (stem[-1] if key is None else shapes[key])[-1]) for m, key in rules]
@@ -316,9 +315,8 @@ def _head_positions(arch, head_input_width):
   final = resnet.output_width(arch.resnet_depth, arch.width_multiplier)
   widths = [final] * arch.num_proj_layers + [arch.proj_out_dim if arch.num_proj_layers else final]
   positions = [(j, None) for j, width in enumerate(widths) if width == head_input_width]
-  expansion = 1 if resnet.ARCHITECTURES[arch.resnet_depth][0] == 'basic' else 4
-  for g in range(4):  # a linear-evaluation head on an earlier block group (--linear_eval_endpoint)
-    if resnet.channels(64 * 2 ** g * expansion, arch.width_multiplier) == head_input_width and g < 3:
+  for g in range(3):  # a linear-evaluation head on an earlier block group (--linear_eval_endpoint)
+    if resnet.channels(64 * 2 ** g * resnet.expansion(arch.resnet_depth), arch.width_multiplier) == head_input_width:
       positions.append((0, f'block_group{g + 1}'))
   return positions
 

@@ -392,7 +392,7 @@ def resnet(resnet_depth, width_multiplier=1, cifar_stem=False, sk_ratio=0.0, se_
     raise ValueError(f'sk_ratio and se_ratio must be >= 0, got {sk_ratio} and {se_ratio}.')
   if sk_ratio > 0 and not selective_kernels_fit(resnet_depth, width_multiplier):
     raise ValueError(f'selective kernels need even widths: width_multiplier {width_multiplier} gives '
-                     f'{[int(2 * f) for f in group_widths(width_multiplier)]}.')
+                     f'{selective_kernel_widths(width_multiplier)}.')
   if fine_tune_after_block not in (-1, 0, 1, 2, 3, 4):
     raise ValueError(f'fine_tune_after_block must be in -1..4, got {fine_tune_after_block}.')
   block, layers = ARCHITECTURES[resnet_depth]
@@ -407,15 +407,23 @@ def group_widths(width_multiplier):
   return [filters * width_multiplier for filters in (64, 128, 256, 512)]
 
 
+def selective_kernel_widths(width_multiplier):
+  """Channels of each group's selective-kernel 2x conv (both streams) at this width."""
+  return [int(2 * filters) for filters in group_widths(width_multiplier)]
+
+
 def selective_kernels_fit(resnet_depth, width_multiplier):
   """Whether selective kernels can be built at this width: a bottleneck's 2x conv is split into two equal
   streams, so its truncated width must be even (not so at width 0.1: int(2 * 25.6) = 51; the authors' code fails
   too). Basic blocks have none (`sk_ratio` gives them only the ResNet-D stem and shortcut)."""
-  return ARCHITECTURES[resnet_depth][0] == 'basic' or all(
-      int(2 * filters) % 2 == 0 for filters in group_widths(width_multiplier))
+  return expansion(resnet_depth) == 1 or all(w % 2 == 0 for w in selective_kernel_widths(width_multiplier))
+
+
+def expansion(resnet_depth):
+  """How much wider a block's output is than its base width: 1 for basic blocks, 4 for bottlenecks."""
+  return 1 if ARCHITECTURES[resnet_depth][0] == 'basic' else 4
 
 
 def output_width(resnet_depth, width_multiplier=1):
   """Width of the pooled representation for a depth and width multiplier."""
-  expansion = 1 if ARCHITECTURES[resnet_depth][0] == 'basic' else 4
-  return channels(512 * expansion, width_multiplier)
+  return channels(512 * expansion(resnet_depth), width_multiplier)

@@ -221,7 +221,7 @@ def validate(cfg, num_replicas=1):
       (cfg.sk_ratio > 0 and cfg.width_multiplier > 0 and cfg.resnet_depth in resnet.SUPPORTED_DEPTHS and
        not resnet.selective_kernels_fit(cfg.resnet_depth, cfg.width_multiplier),
        f'--width_multiplier={cfg.width_multiplier} with --sk_ratio: selective kernels need even widths, and '
-       f'{[int(2 * f) for f in resnet.group_widths(cfg.width_multiplier)]} are not all even.'),
+       f'{resnet.selective_kernel_widths(cfg.width_multiplier)} are not all even.'),
       (not 0 <= cfg.sk_ratio < 1, f'--sk_ratio must be in [0, 1) (SimCLRv2: 0.0625), got {cfg.sk_ratio}.'),
       (not 0 <= cfg.se_ratio <= 1, f'--se_ratio must be in [0, 1], got {cfg.se_ratio}.'),
       (cfg.proj_out_dim < 1, f'--proj_out_dim must be >= 1, got {cfg.proj_out_dim}.'),
