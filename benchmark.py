@@ -25,12 +25,15 @@ colour or pure noise), deterministic for `--seed`.
 linear head; `objective.make_train_step`) on one synthetic in-memory batch, so no input pipeline is measured.
 `--replicas=N` splits the batch over N logical CPU devices with MirroredStrategy (synchronized BatchNorm,
 negatives gathered across replicas), so the cost of synchronization shows; `--precision` and `--jit_compile`
-are run.py's flags. It also prints the process's peak resident memory and the convolution arithmetic it
-achieved (forward and backward convolutions of the encoder, counted from the traced graph's Conv2D ops).
+are run.py's flags. It also prints which CPU kernels TensorFlow runs (oneDNN or Eigen, and who decided), the
+process's peak resident memory, the convolution arithmetic it achieved (forward and backward convolutions of
+the encoder, counted from the traced graph's Conv2D ops) and that rate as a fraction of numpy's float32 matrix
+product timed right after (`--peak_seconds`).
 
-`peak` measures what the machine can do at all: a 4096 x 4096 matrix product in float32 and bfloat16, in
-GFLOP/s. A training step whose convolutions already run near the float32 figure cannot get faster at
-identical numerics; only fewer operations or a cheaper number format can.
+`peak` measures what the machine can do at all: a 4096 x 4096 matrix product in float32 and bfloat16 through
+TensorFlow, and in float32 through numpy's BLAS, in GFLOP/s. A training step whose convolutions already run
+near the float32 figure cannot get faster at identical numerics; only fewer operations or a cheaper number
+format can.
 """
 
 import argparse
@@ -40,11 +43,15 @@ import resource
 import sys
 import time
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # C++ info, warnings and CUDA probing errors
+import progress  # pylint: disable=g-import-not-at-top
+import runtime  # pylint: disable=g-import-not-at-top
+runtime.use_onednn()  # before TensorFlow loads
 
-from absl import logging  # pylint: disable=g-import-not-at-top
-import numpy as np  # pylint: disable=g-import-not-at-top
-import tensorflow as tf  # pylint: disable=g-import-not-at-top
+with progress.native_stderr_silenced():  # what TensorFlow's C++ prints while loading, before any level
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 import data  # pylint: disable=g-import-not-at-top
 import data_util  # pylint: disable=g-import-not-at-top
@@ -175,13 +182,22 @@ def conv_gflops_per_step(model, images):
   return total / 1e9
 
 
+def numpy_matmul_gflops(seconds=10.0, n=4096):
+  """GFLOP/s of numpy's float32 `n x n` matrix product (its BLAS, all cores): the machine's reachable peak,
+  measured outside TensorFlow."""
+  a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+  return _steady_state_rate(lambda: a @ a, 2 * n ** 3 / 1e9, seconds, warmup_batches=1)
+
+
 def bench_peak(args):
   del args
+  print(runtime.describe_kernels())
   for dtype in (tf.float32, tf.bfloat16):
     a = tf.cast(tf.random.uniform([4096, 4096]), dtype)
     product = tf.function(lambda a=a: tf.reduce_sum(tf.cast(tf.matmul(a, a)[0, :1], tf.float32)))
     rate = _steady_state_rate(lambda: product().numpy(), 2 * 4096 ** 3 / 1e9, 10.0, warmup_batches=2)
     print(f'matmul_gflops_per_sec_{dtype.name}: {rate:.0f}')
+  print(f'numpy_matmul_gflops_per_sec_float32: {numpy_matmul_gflops():.0f}')
 
 
 def bench_train(args):
@@ -218,10 +234,15 @@ def bench_train(args):
         f'image_size={args.image_size} train_batch_size={args.train_batch_size} global_bn={cfg.global_bn} '
         f'replicas={args.replicas} precision={args.precision} jit_compile={args.jit_compile} '
         f'seconds={args.seconds}')
+  print(runtime.describe_kernels())
   print(f'peak_rss_mb: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}')
   if args.replicas == 1:
     gflops = conv_gflops_per_step(model, images)
-    print(f'conv_gflops_per_step: {gflops:.0f}  conv_gflops_per_sec: {gflops * rate / args.train_batch_size:.0f}')
+    achieved = gflops * rate / args.train_batch_size
+    print(f'conv_gflops_per_step: {gflops:.0f}  conv_gflops_per_sec: {achieved:.0f}')
+    if args.peak_seconds > 0:
+      peak = numpy_matmul_gflops(args.peak_seconds)
+      print(f'numpy_matmul_gflops_per_sec_float32: {peak:.0f}  conv_fraction_of_numpy_matmul: {achieved / peak:.2f}')
   print(f'images_per_sec: {rate:.1f}')
 
 
@@ -255,6 +276,8 @@ def main(argv=None):
   tr.add_argument('--precision', default='float32', choices=model_lib.PRECISIONS)
   tr.add_argument('--jit_compile', type=_bool, default=False, help='compile the step with XLA')
   tr.add_argument('--seconds', type=float, default=40.0)
+  tr.add_argument('--peak_seconds', type=float, default=5.0,
+                  help='then time numpy\'s float32 matmul this long, for the step\'s fraction of it (0: skip)')
   commands.add_parser('peak', help='float32 and bfloat16 matrix-product GFLOP/s of this machine')
   mk = commands.add_parser('make_folder', help='write a folder of JPEGs of random sizes for `input --dataset`')
   mk.add_argument('--out', required=True)

@@ -20,6 +20,9 @@ import tempfile
 import time
 
 import progress  # imports no TensorFlow: decides how much TensorFlow may print while it loads
+import runtime  # imports no TensorFlow: which CPU kernels it loads
+
+runtime.use_onednn()
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DETAIL = progress.wants_detail(sys.argv)
@@ -755,7 +758,9 @@ def finished_run(cfg, num_examples):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not DETAIL:
+  if DETAIL:
+    progress.status(runtime.describe_kernels())
+  else:
     progress.quiet(ROOT)
     logging.set_verbosity(logging.WARNING)
   explicit = explicit_flags()

@@ -7,6 +7,8 @@ TensorFlow; pytest imports this file first. Single-device code keeps using /cpu:
 import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+import runtime  # pylint: disable=g-import-not-at-top
+runtime.use_onednn()  # the kernels run.py uses; before TensorFlow loads (subprocesses inherit it)
 
 import pytest  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top

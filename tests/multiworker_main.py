@@ -13,6 +13,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import runtime  # pylint: disable=g-import-not-at-top
+runtime.use_onednn()  # before TensorFlow loads, as run.py does
+
 from absl import app  # pylint: disable=g-import-not-at-top
 import numpy as np
 import tensorflow as tf

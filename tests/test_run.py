@@ -5,6 +5,7 @@ import dataclasses
 import glob
 import json
 import os
+import platform
 import re
 import signal
 import subprocess
@@ -22,6 +23,7 @@ import model as model_lib
 import model_io
 import objective as obj_lib
 import run
+import runtime
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AUTHORS = os.path.join(ROOT, '..', 'shared', 'fixtures', 'authors_tf2')  # written by the authors' own tf2 code
@@ -30,9 +32,14 @@ TINY = ['--resnet_depth=18', '--width_multiplier=0.25', '--image_size=32', '--tr
         '--linear_eval_max_examples=256']
 
 
+# What the test session sets that a user's shell does not.
+USER_UNSET = ('TF_CPP_MIN_LOG_LEVEL', 'CUDA_VISIBLE_DEVICES', 'TF_ENABLE_ONEDNN_OPTS')
+
+
 def run_py(*args, check=True):
-  """run.py as a user runs it: a subprocess in a plain environment (TensorFlow's own defaults)."""
-  env = {k: v for k, v in os.environ.items() if k not in ('TF_CPP_MIN_LOG_LEVEL', 'CUDA_VISIBLE_DEVICES')}
+  """run.py as a user runs it: a subprocess in a plain environment (TensorFlow's own defaults, run.py's choice
+  of CPU kernels)."""
+  env = {k: v for k, v in os.environ.items() if k not in USER_UNSET}
   result = subprocess.run([sys.executable, os.path.join(ROOT, 'run.py'), *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
   if check and result.returncode != 0:
@@ -430,7 +437,7 @@ def test_sigterm_checkpoints_the_step_in_flight_and_the_same_command_resumes(sha
   model_dir = str(tmp_path / 'run')
   args = [f'--data_dir={shapes_data_dir}', f'--model_dir={model_dir}', '--mode=train', *TINY, '--train_steps=60',
           '--checkpoint_steps=50']
-  env = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
+  env = {k: v for k, v in os.environ.items() if k not in USER_UNSET}
   process = subprocess.Popen([sys.executable, os.path.join(ROOT, 'run.py'), *args], cwd=ROOT, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   try:
@@ -475,6 +482,9 @@ def test_quiet_output_progress_between_checkpoints_and_a_rerun_that_changes_noth
   assert lines[-3] == f'Training finished at step 6; results in {model_dir}/result.json'
   assert lines[-2:] == [line for line in out if line.startswith(('Online linear head', 'Linear evaluation on'))]
   assert not second.stderr.strip()
+  if platform.machine().lower() in runtime.X86_MACHINES:  # -v says which CPU kernels run, and why
+    verbose = run_py(*args, '--verbosity=1').stdout.splitlines()
+    assert verbose[0].startswith('CPU kernels: oneDNN (TF_ENABLE_ONEDNN_OPTS=1 set by this project'), verbose[0]
   assert files == {p: os.path.getmtime(p) for p in glob.glob(str(model_dir / '**'), recursive=True)
                    if os.path.isfile(p)}
 
