@@ -373,6 +373,24 @@ def _folder_source(root, strict, cache_dir):
 # ----------------------------------------------------------------------------------------------- labels
 
 
+# {(id(source), split): (source, {label: sorted ids})}: a split's labels are scanned once per process (the kNN
+# monitor samples its memory bank every few epochs). The source is kept so its id is not reused.
+_LABELS_SCANNED = {}
+
+
+def _ids_by_class(source, split):
+  """{label: sorted example ids} of the labelled examples of `split`, read without decoding any image."""
+  key = (id(source), split)
+  if key not in _LABELS_SCANNED:
+    by_class = {}
+    labels_only = source.read(split, decode_images=False).map(lambda ex: (ex['id'], ex['label']))
+    for example_id, label in labels_only.as_numpy_iterator():
+      by_class.setdefault(int(label), []).append(example_id.decode())
+    by_class.pop(-1, None)
+    _LABELS_SCANNED[key] = source, {label: sorted(ids) for label, ids in by_class.items()}
+  return _LABELS_SCANNED[key][1]
+
+
 def label_fraction_subset(source, split, fraction, seed=0):
   """Class-balanced, seeded subset of `split`: round(fraction * n_c) (at least 1) examples of each class.
 
@@ -380,19 +398,41 @@ def label_fraction_subset(source, split, fraction, seed=0):
   """
   if not 0 < fraction <= 1:
     raise DataError(f'label_fraction must be in (0, 1], got {fraction}.')
-  by_class = {}
-  labels_only = source.read(split, decode_images=False).map(lambda ex: (ex['id'], ex['label']))
-  for example_id, label in labels_only.as_numpy_iterator():
-    by_class.setdefault(int(label), []).append(example_id.decode())
-  by_class.pop(-1, None)
+  by_class = _ids_by_class(source, split)
   if not by_class:
     raise DataError(f'Split {split!r} of {source.name!r} has no labels, so it has no label fraction.')
   rng = np.random.default_rng(seed)
   chosen = []
   for label in sorted(by_class):
-    ids = sorted(by_class[label])
+    ids = by_class[label]
     take = max(1, int(round(fraction * len(ids))))
     chosen += [ids[i] for i in sorted(rng.permutation(len(ids))[:take])]
+  return sorted(chosen)
+
+
+def sample_ids(source, split, count, seed=0):
+  """Ids of `count` labelled examples of `split` in the proportions of its classes (stratified, seeded), or
+  None when `count` is None or covers the split: what a "first N examples" must be instead, since an image
+  folder reads its splits sorted by class (the first 20,000 CIFAR-10 train images are 4 of its 10 classes).
+
+  Each class gets floor(count * n_c / n) examples, the remainder going to the largest fractional parts; the
+  examples within a class are a seeded random choice. Returns sorted ids.
+  """
+  if count is None or count >= source.num_examples(split):
+    return None
+  by_class = _ids_by_class(source, split)
+  total = sum(len(ids) for ids in by_class.values())
+  if count >= total:  # the unlabelled examples are what a sample would leave out
+    return sorted(i for ids in by_class.values() for i in ids)
+  labels = sorted(by_class)
+  shares = np.array([count * len(by_class[label]) / total for label in labels])
+  takes = np.floor(shares).astype(int)
+  takes[np.argsort(takes - shares, kind='stable')[:count - takes.sum()]] += 1
+  rng = np.random.default_rng(seed)
+  chosen = []
+  for label, take in zip(labels, takes):
+    ids = by_class[label]
+    chosen += [ids[i] for i in rng.permutation(len(ids))[:take]]
   return sorted(chosen)
 
 

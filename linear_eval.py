@@ -13,24 +13,20 @@ import numpy as np
 import tensorflow as tf
 
 
-def extract_features(model, dataset, endpoint='final_avg_pool', max_examples=None):
+def extract_features(model, dataset, endpoint='final_avg_pool'):
   """(features [N, D] float32, integer labels [N]) of `model`'s `endpoint` over `dataset` of
-  (images, one-hot labels) batches; unlabeled examples (all-zero rows) are dropped."""
+  (images, one-hot labels) batches; unlabeled examples (all-zero rows) are dropped. A part of a split is chosen
+  by the dataset (`data.sample_ids`), not by stopping early: a split's first examples need not represent it."""
   @tf.function
   def forward(images):
     return model(images, training=False)[endpoint]
 
   features, labels = [], []
-  count = 0
   for images, one_hot in dataset:
     keep = tf.reduce_sum(one_hot, axis=1) > 0
     features.append(tf.boolean_mask(forward(images), keep).numpy())
     labels.append(tf.boolean_mask(tf.argmax(one_hot, axis=1), keep).numpy())
-    count += len(labels[-1])
-    if max_examples and count >= max_examples:
-      break
-  features, labels = np.concatenate(features), np.concatenate(labels)
-  return (features[:max_examples], labels[:max_examples]) if max_examples else (features, labels)
+  return np.concatenate(features), np.concatenate(labels)
 
 
 def fit_logistic_regression(features, labels, num_classes, l2=1e-4, steps=300, learning_rate=0.05):

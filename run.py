@@ -603,9 +603,10 @@ def _write_augmented_views(writer, iterator, strategy, step, chief):
 def evaluate(cfg, strategy, source, model, step, chief, extra=None, export=True):
   """The supervised head on --eval_split (metrics.evaluate_classifier) and the regularization loss; writes
   result.json, result_<step>.json, eval summaries and (unless there is one) the export of `step`."""
+  subset = data_lib.sample_ids(source, cfg.eval_split, cfg.eval_steps * cfg.eval_batch_size or None)
   dataset = data_lib.build_distributed_dataset(
       strategy, cfg.eval_batch_size, source, cfg.eval_split, is_training=False, image_size=cfg.image_size,
-      cache=cfg.cache_dataset)
+      cache=cfg.cache_dataset, subset_ids=subset)
   result = metrics_lib.evaluate_classifier(model, dataset, strategy, source.num_classes, cfg.eval_steps)
   result.update({
       'eval/regularization_loss': float(model_lib.weight_decay_loss(model.trainable_variables, cfg.weight_decay)),
@@ -644,12 +645,14 @@ def result_lines(cfg, result):
 
 def frozen_features(cfg, source, net, train):
   """(`final_avg_pool` features, labels) through `net` in inference mode, eval preprocessing: of the train split
-  (at most --linear_eval_max_examples) when `train`, else of the eval split (--eval_steps batches, or all)."""
+  (at most --linear_eval_max_examples) when `train`, else of the eval split (--eval_steps batches, or all). A
+  part of a split is a stratified sample of it (`data.sample_ids`), never the first examples read."""
   split = cfg.train_split if train else cfg.eval_split
   max_examples = cfg.linear_eval_max_examples if train else cfg.eval_steps * cfg.eval_batch_size or None
   dataset = data_lib.build_dataset(source, split, cfg.eval_batch_size, is_training=False,
-                                   image_size=cfg.image_size, cache=cfg.cache_dataset)
-  return linear_eval_lib.extract_features(net, dataset, max_examples=max_examples)
+                                   image_size=cfg.image_size, cache=cfg.cache_dataset,
+                                   subset_ids=data_lib.sample_ids(source, split, max_examples))
+  return linear_eval_lib.extract_features(net, dataset)
 
 
 def knn_monitor(cfg, source, model):

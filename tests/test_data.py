@@ -359,3 +359,29 @@ def test_jpeg_training_crops_decode_only_their_windows(folder, monkeypatch):
   traced.clear()
   next(iter(data.build_dataset(source, 'test', 2, False, image_size=24)))  # eval decodes whole images
   assert not traced
+
+
+@pytest.fixture
+def class_sorted_folder(tmp_path):
+  """train: 4 classes of 12, 8, 6 and 4 images (read in that order, as any folder is: sorted by class); test: 3
+  of each."""
+  rng = np.random.default_rng(0)
+  root = tmp_path / 'sorted'
+  for split, counts in (('train', (12, 8, 6, 4)), ('test', (3, 3, 3, 3))):
+    for c, count in enumerate(counts):
+      for i in range(count):
+        _write(str(root / split / f'class_{c}' / f'{i:02d}.png'), rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+  return root
+
+
+def test_samples_of_a_class_sorted_split_keep_its_class_proportions(class_sorted_folder):
+  source = data.load_source(str(class_sorted_folder))
+  label_of = {rel: source.class_names.index(rel.split('/')[1]) for rel in
+              (ex['id'].decode() for ex in source.read('train', decode_images=False).as_numpy_iterator())}
+  ids = data.sample_ids(source, 'train', 15)
+  assert len(ids) == len(set(ids)) == 15 and ids == sorted(ids)
+  assert np.bincount([label_of[i] for i in ids]).tolist() == [6, 4, 3, 2]  # 12:8:6:4 halved
+  assert data.sample_ids(source, 'train', 15) == ids and data.sample_ids(source, 'train', 15, seed=1) != ids
+  # Proportional shares with remainders to the largest fractions: 7 of 30 -> 2.8, 1.87, 1.4, 0.93.
+  assert np.bincount([label_of[i] for i in data.sample_ids(source, 'train', 7)]).tolist() == [3, 2, 1, 1]
+  assert data.sample_ids(source, 'train', 30) is None and data.sample_ids(source, 'train', None) is None

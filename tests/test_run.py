@@ -507,6 +507,29 @@ def test_the_random_encoder_baseline_is_the_same_in_every_run():
     np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
+def test_frozen_features_of_a_class_sorted_folder_represent_every_class(tmp_path, monkeypatch):
+  """A folder reads its splits sorted by class: the linear evaluation's (and kNN bank's) train features and an
+  --eval_steps part of the eval split are stratified samples, not the first images read (which would be the
+  first classes only)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+  rng = np.random.default_rng(0)
+  for split, counts in (('train', (12, 8, 6, 4)), ('test', (4, 4, 4, 4))):
+    for c, count in enumerate(counts):
+      os.makedirs(tmp_path / 'sorted' / split / f'class_{c}')
+      for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
+            tmp_path / 'sorted' / split / f'class_{c}' / f'{i:02d}.png')
+  source = run.data_lib.load_source(str(tmp_path / 'sorted'))
+  cfg = config(dataset=str(tmp_path / 'sorted'), width_multiplier=0.125, image_size=8, eval_batch_size=8,
+               linear_eval_max_examples=15, eval_steps=1)
+  net = run.random_encoder(cfg, tf.distribute.get_strategy(), 4)
+  features, labels = run.frozen_features(cfg, source, net, train=True)
+  assert features.shape == (15, 64) and np.bincount(labels).tolist() == [6, 4, 3, 2]  # first 15: [12, 3, 0, 0]
+  _, labels = run.frozen_features(cfg, source, net, train=False)
+  assert np.bincount(labels).tolist() == [2, 2, 2, 2]  # first batch of 8: [4, 4, 0, 0]
+
+
 def test_a_classifier_used_as_it_is_must_exist_and_fit_the_dataset():
   file = lambda classes: types.SimpleNamespace(path='T', architecture=types.SimpleNamespace(num_classes=classes))
   source = types.SimpleNamespace(num_classes=10)
