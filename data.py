@@ -383,9 +383,10 @@ def _ids_by_class(source, split):
   key = (id(source), split)
   if key not in _LABELS_SCANNED:
     by_class = {}
-    labels_only = source.read(split, decode_images=False).map(lambda ex: (ex['id'], ex['label']))
-    for example_id, label in labels_only.as_numpy_iterator():
-      by_class.setdefault(int(label), []).append(example_id.decode())
+    labels_only = source.read(split, decode_images=False).map(lambda ex: (ex['id'], ex['label'])).batch(4096)
+    for example_ids, labels in labels_only.as_numpy_iterator():  # in batches: per element, 50,000 take seconds
+      for example_id, label in zip(example_ids, labels.tolist()):
+        by_class.setdefault(label, []).append(example_id.decode())
     by_class.pop(-1, None)
     _LABELS_SCANNED[key] = source, {label: sorted(ids) for label, ids in by_class.items()}
   return _LABELS_SCANNED[key][1]
@@ -454,7 +455,7 @@ SUBSET_CACHE_MAX_EXAMPLES = 5000
 
 def build_dataset(source, split, batch_size, is_training, train_mode='pretrain', image_size=32,
                   color_jitter_strength=1.0, use_blur=False, cache=False, subset_ids=None, input_context=None,
-                  shuffle_buffer=10_000):
+                  shuffle_buffer=10_000, crop_min_area=data_util.MIN_CROP_AREA):
   """Batches of `(images, one-hot labels)` for one replica.
 
   Pretraining training batches are `[B, S, S, 6]` (two views stacked on channels); fine-tuning training and
@@ -479,7 +480,7 @@ def build_dataset(source, split, batch_size, is_training, train_mode='pretrain',
       return data_util.preprocess_for_eval(images, image_size, image_size, crop=eval_crop)
     if pretrain:  # both views of each image, view-major
       images = tf.concat([images, images], axis=0)
-    return data_util.random_geometry(images, image_size, image_size)
+    return data_util.random_geometry(images, image_size, image_size, min_area=crop_min_area)
 
   def photometric(images):
     if not pretrain:
@@ -494,7 +495,8 @@ def build_dataset(source, split, batch_size, is_training, train_mode='pretrain',
   else:  # crop each image on its own, then colour whole batches
     def encoded_views(contents):
       return tf.cond(tf.io.is_jpeg(contents),
-                     lambda: data_util.decode_and_random_crop(contents, image_size, image_size, 2 if pretrain else 1),
+                     lambda: data_util.decode_and_random_crop(contents, image_size, image_size, 2 if pretrain else 1,
+                                                                     min_area=crop_min_area),
                      lambda: geometry(_decode(contents)[None]))  # PNG, BMP, GIF: decoded whole
 
     def per_example(image, label):

@@ -7,7 +7,7 @@ kernel image by image, and the colour distortion is one XLA-compiled loop over t
 image's ops while it is in cache (saturation and hue in closed form, equal to tf.image's HSV kernels). The
 distributions are those of the paper:
 
-- crop: area uniform in [0.08, 1] of the image, aspect ratio log-uniform in [3/4, 4/3], up to 100 attempts,
+- crop: area uniform in [0.08, 1] of the image (`min_area`, --crop_min_area), aspect ratio log-uniform in [3/4, 4/3], up to 100 attempts,
   then a centre crop; bicubic resize (Keys a=-0.5, half-pixel centres: what `tf.image.resize` does); a JPEG
   file can be cropped decoding only the window (`decode_and_random_crop`, same draws and pixels);
 - horizontal flip with p=0.5;
@@ -23,6 +23,7 @@ import math
 import tensorflow as tf
 
 CROP_PROPORTION = 0.875  # Eval centre crop, as in the authors' code (and Inception-style evaluation).
+MIN_CROP_AREA = 0.08  # Smallest training crop, as a fraction of the image's area (the authors' and Inception's).
 
 
 def to_float(images):
@@ -39,7 +40,7 @@ def _batch_size(images):
 # ----------------------------------------------------------------------------------------------- crop
 
 
-def sample_crop_windows(image_height, image_width, batch_size, area_range=(0.08, 1.0),
+def sample_crop_windows(image_height, image_width, batch_size, area_range=(MIN_CROP_AREA, 1.0),
                         aspect_ratio_range=(3. / 4., 4. / 3.), max_attempts=100):
   """Random crop windows, one per image: `(offset_y, offset_x, crop_height, crop_width)`, each `[B]` int32.
 
@@ -103,18 +104,20 @@ def _flip_and_resize(crop, mirror, height, width):
   return tf.clip_by_value(resized, 0.0, 1.0)  # bicubic overshoots; clipped while the image is in cache
 
 
-def _random_windows_and_flips(image_height, image_width, n, height, width, flip):
+def _random_windows_and_flips(image_height, image_width, n, height, width, flip, min_area=MIN_CROP_AREA):
   """The draws of `random_crop_with_resize` for `n` crops, in its order: windows (SimCLR scales the aspect
   range by the output's aspect ratio), then flips (`[n]` bool, all False unless `flip`)."""
   aspect = width / height
-  windows = sample_crop_windows(image_height, image_width, n, aspect_ratio_range=(3. / 4. * aspect, 4. / 3. * aspect))
+  windows = sample_crop_windows(image_height, image_width, n, area_range=(min_area, 1.0),
+                                aspect_ratio_range=(3. / 4. * aspect, 4. / 3. * aspect))
   mirror = tf.random.uniform([n]) < 0.5 if flip else tf.zeros([n], tf.bool)
   return windows, mirror
 
 
-def random_crop_with_resize(images, height, width, image_height=None, image_width=None, flip=False):
-  """Inception-style random resized crop of each image of the batch (SimCLR's main augmentation), and a
-  horizontal flip with p=0.5 when `flip`.
+def random_crop_with_resize(images, height, width, image_height=None, image_width=None, flip=False,
+                            min_area=MIN_CROP_AREA):
+  """Inception-style random resized crop of each image of the batch (SimCLR's main augmentation), its area
+  uniform in [`min_area`, 1] of the image, and a horizontal flip with p=0.5 when `flip`.
 
   `image_height` / `image_width` (`[B]` or scalars) give the true sizes of zero-padded images; by default
   the batch's own size.
@@ -122,7 +125,7 @@ def random_crop_with_resize(images, height, width, image_height=None, image_widt
   shape = tf.shape(images)
   image_height = shape[1] if image_height is None else image_height
   image_width = shape[2] if image_width is None else image_width
-  windows, mirror = _random_windows_and_flips(image_height, image_width, shape[0], height, width, flip)
+  windows, mirror = _random_windows_and_flips(image_height, image_width, shape[0], height, width, flip, min_area)
   return crop_and_resize(images, *windows, height, width, flip=mirror)
 
 
@@ -142,7 +145,7 @@ def decode_jpeg_crop(contents, offset_y, offset_x, crop_height, crop_width):
   return wider[:, offset_x - left:offset_x - left + crop_width]
 
 
-def decode_and_random_crop(contents, height, width, num_views=1, flip=True):
+def decode_and_random_crop(contents, height, width, num_views=1, flip=True, min_area=MIN_CROP_AREA):
   """`num_views` random resized crops (and flips) of one JPEG file's bytes, each decoding only its window
   (`tf.image.decode_and_crop_jpeg`, as the authors' ImageNet pipeline does) -> `[num_views, height, width, 3]`.
 
@@ -151,7 +154,7 @@ def decode_and_random_crop(contents, height, width, num_views=1, flip=True):
   the same seeds).
   """
   shape = tf.image.extract_jpeg_shape(contents)
-  windows, mirror = _random_windows_and_flips(shape[0], shape[1], num_views, height, width, flip)
+  windows, mirror = _random_windows_and_flips(shape[0], shape[1], num_views, height, width, flip, min_area)
   views = [_flip_and_resize(decode_jpeg_crop(contents, *(t[i] for t in windows)), mirror[i], height, width)
            for i in range(num_views)]
   return tf.ensure_shape(tf.stack(views), [num_views, height, width, 3])
@@ -349,14 +352,16 @@ def random_blur(images, p=0.5, sigma_range=(0.1, 2.0)):
 # ----------------------------------------------------------------------------------------------- recipes
 
 
-def random_geometry(images, height, width, crop=True, flip=True, image_height=None, image_width=None):
-  """The geometric half of the training augmentation: random resized crop and flip -> float32 [0, 1].
+def random_geometry(images, height, width, crop=True, flip=True, image_height=None, image_width=None,
+                    min_area=MIN_CROP_AREA):
+  """The geometric half of the training augmentation: random resized crop (area in [`min_area`, 1] of the
+  image) and flip -> float32 [0, 1].
 
   Split from the photometric half so images of different sizes can be cropped one by one (before batching)
   and coloured as a batch.
   """
   if crop:
-    return random_crop_with_resize(images, height, width, image_height, image_width, flip=flip)
+    return random_crop_with_resize(images, height, width, image_height, image_width, flip=flip, min_area=min_area)
   images = resize(images, height, width)
   return random_flip_left_right(images) if flip else images
 

@@ -85,6 +85,8 @@ _define('integer', 'label_fraction_seed', 0, 'Seed of the label-fraction subset.
 _define('bool', 'strict_images', False, 'Fail on a corrupt image file instead of skipping it.')
 _define('integer', 'image_size', 32, 'Input image size.')
 _define('float', 'color_jitter_strength', 0.5, 'Colour distortion strength s.')
+_define('float', 'crop_min_area', 0.08, 'Smallest random training crop, as a fraction of the image area '
+        '(the paper: 0.08).')
 _define('bool', 'use_blur', False, 'Gaussian blur in pretraining (the paper uses it for ImageNet).')
 # --- schedule and optimisation
 _define('integer', 'train_batch_size', 128, 'Global training batch size.')
@@ -264,6 +266,7 @@ def validate(cfg, num_replicas=1):
        '--checkpoint_steps and --train_summary_steps must be >= 0.'),
       (cfg.temperature <= 0, f'--temperature must be > 0, got {cfg.temperature}.'),
       (cfg.image_size < 8, f'--image_size must be >= 8, got {cfg.image_size}.'),
+      (not 0 < cfg.crop_min_area <= 1, f'--crop_min_area must be in (0, 1], got {cfg.crop_min_area}.'),
       (cfg.checkpoint and cfg.random_init, '--checkpoint and --random_init are exclusive.'),
       (cfg.use_tpu and not (cfg.tpu_name or cfg.master),
        '--use_tpu needs --tpu_name: the TPU node\'s name, or --tpu_name=local on a TPU VM.'),
@@ -509,7 +512,7 @@ def train(cfg, strategy, source, chief, num_examples, subset_ids, files):
   dataset = data_lib.build_distributed_dataset(
       strategy, cfg.train_batch_size, source, cfg.train_split, is_training=True, train_mode=cfg.train_mode,
       image_size=cfg.image_size, color_jitter_strength=cfg.color_jitter_strength, use_blur=cfg.use_blur,
-      cache=cfg.cache_dataset, subset_ids=subset_ids)
+      crop_min_area=cfg.crop_min_area, cache=cfg.cache_dataset, subset_ids=subset_ids)
   with strategy.scope():
     model, optimizer, schedule = build_training(cfg, strategy, max(source.num_classes, 1), num_examples)
     loop_metrics = {name: keras.metrics.Mean(name) for name in metric_names(cfg, model)}

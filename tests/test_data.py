@@ -385,3 +385,16 @@ def test_samples_of_a_class_sorted_split_keep_its_class_proportions(class_sorted
   # Proportional shares with remainders to the largest fractions: 7 of 30 -> 2.8, 1.87, 1.4, 0.93.
   assert np.bincount([label_of[i] for i in data.sample_ids(source, 'train', 7)]).tolist() == [3, 2, 1, 1]
   assert data.sample_ids(source, 'train', 30) is None and data.sample_ids(source, 'train', None) is None
+
+
+@pytest.mark.parametrize('same_size', [True, False])
+def test_crop_min_area_reaches_every_training_crop(folder, class_sorted_folder, monkeypatch, same_size):
+  """--crop_min_area is the lower end of the crop-area range of both crop paths: batched (same-size images)
+  and per file (JPEG windows, images of varying sizes)."""
+  ranges = []
+  sample = data_util.sample_crop_windows
+  monkeypatch.setattr(data_util, 'sample_crop_windows',
+                      lambda *args, **kwargs: ranges.append(kwargs['area_range']) or sample(*args, **kwargs))
+  source = data.load_source(str(class_sorted_folder if same_size else folder))
+  next(iter(data.build_dataset(source, 'train', 2, True, image_size=8, crop_min_area=0.35)))
+  assert ranges and set(ranges) == {(0.35, 1.0)}

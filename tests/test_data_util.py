@@ -246,3 +246,9 @@ def test_decode_and_random_crop_equals_cropping_the_decoded_image(num_views):
       tf.random.set_seed(seed)
       got = data_util.decode_and_random_crop(tf.constant(contents), 16, 12, num_views).numpy()
       np.testing.assert_array_equal(got, want, err_msg=f'{kind} seed {seed}')
+
+
+def test_a_larger_min_area_keeps_every_crop_above_it():
+  _, _, h, w = [t.numpy() for t in data_util.sample_crop_windows(64, 64, 5000, area_range=(0.35, 1.0))]
+  area = h * w / 64 ** 2
+  assert area.min() >= 0.35 * 0.95 and np.mean(area < 0.5) > 0.1  # (rounding to whole pixels)

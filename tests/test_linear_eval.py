@@ -96,3 +96,12 @@ def test_linear_eval_agrees_with_scikit_learns_logistic_regression():
   reference = fitted(best_c, np.arange(2000)).score(scaler.transform(x_test), y_test)
   assert 0.3 < reference < 0.9, reference
   assert abs(ours - reference) < 0.02, (ours, reference)
+
+
+def test_an_l2_grid_fitted_side_by_side_equals_one_fit_each():
+  x, y = _blobs(500, d=8, classes=3, spread=1.5, seed=4)
+  together = linear_eval.fit_logistic_regression(x, y, 3, l2=[0.0, 1e-2, 1.0], steps=100)
+  for l2, predict in zip((0.0, 1e-2, 1.0), together):
+    alone = linear_eval.fit_logistic_regression(x, y, 3, l2=l2, steps=100)(x)
+    np.testing.assert_allclose(predict(x), alone, atol=1e-4 * np.abs(alone).max())
+  assert np.abs(together[2](x)).max() < 0.5 * np.abs(together[0](x)).max()  # the penalty did act
