@@ -22,7 +22,7 @@ steady state.
 colour or pure noise), deterministic for `--seed`.
 
 `train` times the steady-state pretraining step of run.py (same model, NT-Xent, LARS, weight decay, online
-linear head; `objective.make_train_step`) on one synthetic in-memory batch, so no input pipeline is measured.
+linear head; `train.make_train_step`) on one synthetic in-memory batch, so no input pipeline is measured.
 `--replicas=N` splits the batch over N logical CPU devices with MirroredStrategy (synchronized BatchNorm,
 negatives gathered across replicas), so the cost of synchronization shows; `--precision` and `--jit_compile`
 are run.py's flags. It also prints which CPU kernels TensorFlow runs (oneDNN or Eigen, and who decided), the
@@ -53,9 +53,11 @@ with progress.native_stderr_silenced():  # what TensorFlow's C++ prints while lo
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
+import config  # pylint: disable=g-import-not-at-top
 import data  # pylint: disable=g-import-not-at-top
 import data_util  # pylint: disable=g-import-not-at-top
 import model as model_lib  # pylint: disable=g-import-not-at-top
+import train  # pylint: disable=g-import-not-at-top
 
 
 def _bool(text):
@@ -204,34 +206,33 @@ def bench_train(args):
   if args.replicas > 1:  # before TensorFlow initialises its devices
     cpu = tf.config.list_physical_devices('CPU')[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * args.replicas)
-  import run  # pylint: disable=g-import-not-at-top  (defines run.py's flags, which are not parsed here)
-  cfg = run.Config.defaults(resnet_depth=args.resnet_depth, width_multiplier=args.width_multiplier,
-                            image_size=args.image_size, train_batch_size=args.train_batch_size,
-                            use_blur=args.use_blur, global_bn=args.global_bn or args.replicas > 1,
-                            precision=args.precision, jit_compile=args.jit_compile, train_steps=1_000_000,
-                            weight_decay=1e-6, temperature=0.1, learning_rate=0.3)
+  cfg = config.Config.defaults(resnet_depth=args.resnet_depth, width_multiplier=args.width_multiplier,
+                               image_size=args.image_size, train_batch_size=args.train_batch_size,
+                               use_blur=args.use_blur, global_bn=args.global_bn or args.replicas > 1,
+                               precision=args.precision, jit_compile=args.jit_compile, train_steps=1_000_000,
+                               weight_decay=1e-6, temperature=0.1, learning_rate=0.3)
   if args.replicas > 1:
     strategy = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices('CPU')])
   else:
     strategy = tf.distribute.get_strategy()
-  run.validate(cfg, strategy.num_replicas_in_sync)
+  config.validate(cfg, strategy.num_replicas_in_sync)
   with strategy.scope():
-    model, optimizer, _ = run.build_training(cfg, strategy, num_classes=10, num_examples=50_000)
+    model, optimizer, _ = train.build_training(cfg, strategy, num_classes=10, num_examples=50_000)
   if args.global_bn and args.replicas == 1:  # the authors' reference: synchronized BatchNorm on one replica
-    model = run.build_model(cfg, 10, num_replicas=2)
-    optimizer = run.model_lib.build_optimizer('lars', 0.3, 0.9, 1e-6, args.precision)
+    model = model_lib.build(cfg, 10, num_replicas=2)
+    optimizer = model_lib.build_optimizer('lars', 0.3, 0.9, 1e-6, args.precision)
     optimizer.build(model.trainable_variables)
-  step = run.obj_lib.make_train_step(cfg, model, optimizer, strategy)
+  step = train.make_train_step(cfg.optim, cfg.run.train_mode, model, optimizer, strategy)
   rng = np.random.default_rng(0)
   images = tf.constant(rng.uniform(size=(args.train_batch_size, args.image_size, args.image_size, 6)),
                        tf.float32)
   labels = tf.one_hot(rng.integers(0, 10, args.train_batch_size), 10)
-  replica_batch = run.data_lib.split_batch(strategy, images), run.data_lib.split_batch(strategy, labels)
+  replica_batch = data.split_batch(strategy, images), data.split_batch(strategy, labels)
   compiled = tf.function(
       lambda: strategy.reduce('MEAN', strategy.run(step, args=replica_batch)['train/total_loss'], axis=None))
   rate = _steady_state_rate(lambda: compiled().numpy(), args.train_batch_size, args.seconds, warmup_batches=3)
   print(f'train: resnet_depth={args.resnet_depth} width_multiplier={args.width_multiplier} '
-        f'image_size={args.image_size} train_batch_size={args.train_batch_size} global_bn={cfg.global_bn} '
+        f'image_size={args.image_size} train_batch_size={args.train_batch_size} global_bn={cfg.model.global_bn} '
         f'replicas={args.replicas} precision={args.precision} jit_compile={args.jit_compile} '
         f'seconds={args.seconds}')
   print(runtime.describe_kernels())

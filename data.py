@@ -14,13 +14,9 @@ stable across runs (TFDS id or relative path), which is what label-fraction subs
 
 import contextlib
 import dataclasses
-import hashlib
 import io
-import json
 import os
 import socket
-import tempfile
-import time
 import urllib.parse
 
 from absl import logging
@@ -29,16 +25,13 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import data_util
+import image_folder
 import shapes_dataset
 
+DataError = image_folder.DataError  # data.DataError: what every data problem raises
+
 EMBEDDED_DATASET = shapes_dataset.NAME
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif')
-LABEL_SUBSET_FILE = 'label_subset.json'
 FOLDER_HINT = 'or pass an image folder laid out <root>/<split>/<class>/<image> as --dataset=/path/to/root'
-
-
-class DataError(ValueError):
-  """Data that cannot be used as asked; the message says what to do."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,12 +68,14 @@ class Source:
 def load_source(dataset, data_dir=None, strict_images=False, cache_dir=None):
   """The `Source` for a TFDS name, an image folder, or the embedded dataset.
 
-  An image folder's scan and image check are cached in `cache_dir` (default: `default_cache_dir()`).
+  An image folder's scan and image check are cached in `cache_dir` (default:
+  `image_folder.default_cache_dir()`).
   """
   if not dataset:
     raise DataError(f'--dataset is empty: give a TFDS name, {EMBEDDED_DATASET!r}, {FOLDER_HINT}.')
   if os.path.isdir(os.path.expanduser(dataset)):
-    return _folder_source(os.path.expanduser(dataset), strict_images, cache_dir or default_cache_dir())
+    return _folder_source(os.path.expanduser(dataset), strict_images,
+                          cache_dir or image_folder.default_cache_dir())
   if dataset.startswith(('/', '.', '~')):
     raise DataError(f'Image folder {dataset} does not exist (--dataset is a path).')
   return _tfds_source(dataset, data_dir)
@@ -185,148 +180,9 @@ def _unreachable_host(builder, timeout=5.0):
 # ----------------------------------------------------------------------------------------------- folders
 
 
-CACHE_VERSION = 1  # of the cache file's layout and of what a verdict means (tf.io.decode_image, 3 channels)
-# A file modified this close to (or after) the scan that checked it keeps no cached verdict: rewritten within
-# the filesystem's timestamp granularity at the same size, it would otherwise look unchanged.
-RACY_NS = 2_000_000_000
-
-
-def default_cache_dir():
-  """Where image-folder indexes live: `$XDG_CACHE_HOME/simclr_tf2/image_folders` (default ~/.cache/...)."""
-  base = os.environ.get('XDG_CACHE_HOME', '')
-  if not os.path.isabs(base):  # the XDG spec says relative paths are to be ignored
-    base = os.path.join(os.path.expanduser('~'), '.cache')
-  return os.path.join(base, 'simclr_tf2', 'image_folders')
-
-
-def _stamp(entry):
-  """(size, mtime_ns) of a directory entry: what says a file changed. (-1, -1) when it cannot be stat'ed
-  (e.g. a broken link), which the check then finds unreadable."""
-  try:
-    stat = entry.stat()
-  except OSError:
-    return -1, -1
-  return stat.st_size, stat.st_mtime_ns
-
-
-def _images_in(directory):
-  """The image entries of a directory, sorted by name."""
-  with os.scandir(directory) as entries:
-    return sorted((e for e in entries if e.name.lower().endswith(IMAGE_EXTENSIONS)), key=lambda e: e.name)
-
-
-def _scan_split(root, split):
-  """[(relative path, class name or None, (size, mtime_ns))] of a split folder; class folders must not be
-  empty. One scandir per folder and one stat per file: cheap even for a million files."""
-  split_dir = os.path.join(root, split)
-  with os.scandir(split_dir) as entries:
-    entries = sorted(entries, key=lambda e: e.name)
-  files = []
-  for entry in entries:
-    if entry.is_dir():
-      images = _images_in(entry.path)
-      if not images:
-        raise DataError(f'Class folder {entry.path} has no images ({", ".join(IMAGE_EXTENSIONS)}).')
-      files += [(os.path.join(split, entry.name, e.name), entry.name, _stamp(e)) for e in images]
-    elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
-      files.append((os.path.join(split, entry.name), None, _stamp(entry)))  # unlabeled
-  if not files:
-    raise DataError(f'Split folder {split_dir} has no images: expected {split_dir}/<class>/<image> or '
-                    f'{split_dir}/<image> ({", ".join(IMAGE_EXTENSIONS)}).')
-  return files
-
-
-def _decode(contents):
-  return tf.ensure_shape(tf.io.decode_image(contents, channels=3, expand_animations=False), [None, None, 3])
-
-
-def _check_files(paths):
-  """Decodes each file once -> [(height, width), or None when it is corrupt or unreadable]."""
-  checked = tf.data.Dataset.from_tensor_slices((tf.range(len(paths)), paths))
-  checked = checked.map(lambda i, p: (i, tf.shape(_decode(tf.io.read_file(p)))[:2]),
-                        num_parallel_calls=tf.data.AUTOTUNE)
-  shapes = [None] * len(paths)
-  for index, shape in checked.ignore_errors().as_numpy_iterator():
-    shapes[index] = (int(shape[0]), int(shape[1]))
-  return shapes
-
-
-def _cache_file(cache_dir, root):
-  return os.path.join(cache_dir, hashlib.sha256(root.encode()).hexdigest()[:32] + '.json')
-
-
-def _read_cache(path, root):
-  """{relative path: [size, mtime_ns, height, width]} of an earlier start ({} if there is none or it is
-  damaged or of another version); height = width = 0: unreadable."""
-  try:
-    with open(path, encoding='utf-8') as f:
-      cached = json.load(f)
-    if cached.get('version') == CACHE_VERSION and cached.get('root') == root:
-      return cached['files']
-  except FileNotFoundError:
-    pass
-  except (OSError, ValueError, KeyError, AttributeError) as error:
-    logging.info('Ignoring the image-folder cache %s (%s).', path, error)
-  return {}
-
-
-def _write_cache(path, root, files):
-  """Writes the cache atomically (temp file + rename: a reader never sees half a file, concurrent writers
-  leave one whole file); where it cannot be written, warns and carries on uncached."""
-  directory = os.path.dirname(path)
-  try:
-    os.makedirs(directory, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=directory, prefix='.', suffix='.tmp')
-    try:
-      with os.fdopen(fd, 'w', encoding='utf-8') as f:
-        json.dump({'version': CACHE_VERSION, 'root': root, 'files': files}, f, separators=(',', ':'))
-      os.replace(temp, path)
-    except BaseException:
-      if os.path.exists(temp):
-        os.unlink(temp)
-      raise
-  except OSError as error:
-    logging.warning('Cannot write the image-folder cache %s (%s); the next start checks every image again.',
-                    path, error)
-
-
-def _folder_index(root, cache_dir):
-  """{split: [(relative path, class name or None, (height, width) or None when unreadable)]}.
-
-  The folder is listed at every start; only files whose (size, mtime_ns) are not those cached (new or
-  changed) are decoded, removed files drop out of the cache, which is keyed by the folder's absolute path.
-  """
-  scan_ns = time.time_ns()
-  splits = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-  if not splits:
-    raise DataError(f'Image folder {root} has no split folders: expected {root}/<split>/<class>/<image>.')
-  listed = {split: _scan_split(root, split) for split in splits}
-  path = _cache_file(cache_dir, root)
-  cached = _read_cache(path, root)
-  verdicts, unknown = {}, []
-  for entries in listed.values():
-    for rel, _, stamp in entries:
-      entry = cached.get(rel)
-      if entry is not None and tuple(entry[:2]) == stamp:
-        verdicts[rel] = entry
-      else:
-        unknown.append((rel, stamp))
-  if unknown:
-    shapes = _check_files([os.path.join(root, rel) for rel, _ in unknown])
-    for (rel, stamp), shape in zip(unknown, shapes):
-      verdicts[rel] = [*stamp, *(shape or (0, 0))]
-  logging.info('Image folder %s: %d files checked, %d verdicts from the cache %s', root, len(unknown),
-               len(verdicts) - len(unknown), path)
-  settled = {rel: entry for rel, entry in verdicts.items() if entry[1] < scan_ns - RACY_NS}
-  if settled != cached:  # files were added, changed or removed
-    _write_cache(path, root, settled)
-  return {split: [(rel, name, tuple(verdicts[rel][2:]) if verdicts[rel][2] else None) for rel, name, _ in entries]
-          for split, entries in listed.items()}
-
-
 def _folder_source(root, strict, cache_dir):
   root = os.path.abspath(root)
-  index = _folder_index(root, cache_dir)
+  index = image_folder.index(root, cache_dir)
   bad = [os.path.join(root, rel) for entries in index.values() for rel, _, shape in entries if shape is None]
   if bad and strict:
     raise DataError(f'Corrupt or unreadable image: {bad[0]} ({len(bad)} in all; drop --strict_images to '
@@ -363,7 +219,7 @@ def _folder_source(root, strict, cache_dir):
       contents = tf.io.read_file(tf.strings.join([root + os.sep, rel]))
       if encoded:
         return {'encoded': contents, 'label': label, 'id': rel}
-      return {'image': _decode(contents), 'label': label, 'id': rel}
+      return {'image': image_folder.decode(contents), 'label': label, 'id': rel}
 
     return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -437,15 +293,6 @@ def sample_ids(source, split, count, seed=0):
   return sorted(chosen)
 
 
-def write_label_subset(model_dir, ids, **details):
-  """Writes the ids (and how they were chosen) to `model_dir/label_subset.json`; returns the path."""
-  tf.io.gfile.makedirs(model_dir)
-  path = os.path.join(model_dir, LABEL_SUBSET_FILE)
-  with tf.io.gfile.GFile(path, 'w') as f:
-    json.dump(dict(details, num_examples=len(ids), ids=list(ids)), f, indent=1)
-  return path
-
-
 # ----------------------------------------------------------------------------------------------- batches
 
 # Label subsets up to this size are cached in memory, decoded (5,000 CIFAR images: 15 MB; at 224 px: 750 MB)
@@ -473,42 +320,46 @@ def build_dataset(source, split, batch_size, is_training, train_mode='pretrain',
   if is_training:
     ds = ds.shuffle(shuffle_buffer).repeat()
   pretrain = is_training and train_mode == 'pretrain'
+  views = 2 if pretrain else 1
   eval_crop = image_size > 32  # the authors do not crop images of 32 px or less for eval
 
-  def geometry(images):
-    if not is_training:
-      return data_util.preprocess_for_eval(images, image_size, image_size, crop=eval_crop)
-    if pretrain:  # both views of each image, view-major
-      images = tf.concat([images, images], axis=0)
-    return data_util.random_geometry(images, image_size, image_size, min_area=crop_min_area)
+  def eval_view(images):
+    return data_util.preprocess_for_eval(images, image_size, image_size, crop=eval_crop)
 
-  def photometric(images):
-    if not pretrain:
-      return images
-    return data_util.random_photometric(images, color_distort=True, color_jitter_strength=color_jitter_strength,
-                                        blur=use_blur, num_views=2)
+  def crops(images):  # every training view of each image, view-major: random crop and flip
+    return data_util.random_geometry(tf.concat([images] * views, axis=0), image_size, image_size,
+                                     min_area=crop_min_area)
 
   if source.image_shape is not None:  # same-size images: augment whole batches at once
+    if not is_training:
+      augment = eval_view
+    elif pretrain:
+      augment = lambda images: data_util.pretrain_views(
+          images, image_size, image_size, color_jitter_strength, use_blur, views, min_area=crop_min_area)
+    else:
+      augment = crops
     ds = ds.batch(batch_size, drop_remainder=is_training)
-    ds = ds.map(lambda images, labels: (photometric(geometry(images)), labels),
-                num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(lambda images, labels: (augment(images), labels), num_parallel_calls=tf.data.AUTOTUNE)
   else:  # crop each image on its own, then colour whole batches
-    def encoded_views(contents):
-      return tf.cond(tf.io.is_jpeg(contents),
-                     lambda: data_util.decode_and_random_crop(contents, image_size, image_size, 2 if pretrain else 1,
-                                                                     min_area=crop_min_area),
-                     lambda: geometry(_decode(contents)[None]))  # PNG, BMP, GIF: decoded whole
-
     def per_example(image, label):
-      views = encoded_views(image) if encoded else geometry(image[None])
-      return (tf.concat(tf.split(views, 2, axis=0), -1)[0] if pretrain else views[0]), label
+      if not is_training:
+        return eval_view(image[None])[0], label
+      if encoded:  # a JPEG decodes only its crop windows; PNG, BMP, GIF are decoded whole
+        image_views = tf.cond(
+            tf.io.is_jpeg(image),
+            lambda: data_util.decode_and_random_crop(image, image_size, image_size, views, min_area=crop_min_area),
+            lambda: crops(image_folder.decode(image)[None]))
+      else:
+        image_views = crops(image[None])
+      return data_util.stack_views(image_views, views)[0], label
     ds = ds.map(per_example, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size, drop_remainder=is_training)
     if pretrain:
-      ds = ds.map(lambda images, labels: (photometric(tf.concat(tf.split(images, 2, axis=-1), 0)), labels),
-                  num_parallel_calls=tf.data.AUTOTUNE)
+      ds = ds.map(lambda images, labels: (data_util.random_photometric(
+          data_util.unstack_views(images, views), color_jitter_strength=color_jitter_strength, blur=use_blur,
+          num_views=views), labels), num_parallel_calls=tf.data.AUTOTUNE)
   if is_training:  # full batches whose shape is known when the step is compiled (TPU, XLA)
-    shape = [batch_size, image_size, image_size, 6 if pretrain else 3]
+    shape = [batch_size, image_size, image_size, 3 * views]
     ds = ds.map(lambda images, labels: (tf.ensure_shape(images, shape), tf.ensure_shape(labels, [batch_size, None])))
   return ds.prefetch(tf.data.AUTOTUNE)
 

@@ -7,9 +7,10 @@ kernel image by image, and the colour distortion is one XLA-compiled loop over t
 image's ops while it is in cache (saturation and hue in closed form, equal to tf.image's HSV kernels). The
 distributions are those of the paper:
 
-- crop: area uniform in [0.08, 1] of the image (`min_area`, --crop_min_area), aspect ratio log-uniform in [3/4, 4/3], up to 100 attempts,
-  then a centre crop; bicubic resize (Keys a=-0.5, half-pixel centres: what `tf.image.resize` does); a JPEG
-  file can be cropped decoding only the window (`decode_and_random_crop`, same draws and pixels);
+- crop: area uniform in [0.08, 1] of the image (`min_area`: --crop_min_area), aspect ratio log-uniform in
+  [3/4, 4/3], up to 100 attempts, then a centre crop; bicubic resize (Keys a=-0.5, half-pixel centres: what
+  `tf.image.resize` does); a JPEG file can be cropped decoding only the window (`decode_and_random_crop`, same
+  draws and pixels);
 - horizontal flip with p=0.5;
 - colour jitter with p=0.8: brightness (multiplicative, 0.8s), contrast (0.8s), saturation (0.8s), hue (0.2s)
   in a random order per image, clipped to [0, 1] after each; then grayscale with p=0.2;
@@ -290,16 +291,6 @@ def random_color_distortion(images, strength=1.0, jitter_p=0.8, gray_p=0.2, num_
   return tf.ensure_shape(distorted, [batch] + images.shape[1:3] + [3 * num_views])
 
 
-def color_jitter(images, strength=1.0, p=0.8, jit_compile=True):
-  """The colour jitter alone (no grayscale), with probability p per image."""
-  return random_color_distortion(images, strength, jitter_p=p, gray_p=0.0, jit_compile=jit_compile)
-
-
-def random_grayscale(images, p=0.2, jit_compile=True):
-  """Grayscale alone, with probability p per image."""
-  return random_color_distortion(images, jitter_p=0.0, gray_p=p, jit_compile=jit_compile)
-
-
 def _apply_to_partitions(images, op_ids, transforms):
   """Applies `transforms[i]` to the images whose op id is i (and nothing to id len(transforms))."""
   count = len(transforms) + 1
@@ -383,24 +374,20 @@ def random_photometric(images, color_distort=True, color_jitter_strength=1.0, bl
   return images  # each step returns images in [0, 1]: no extra clipping pass over the batch
 
 
-def preprocess_for_train(images, height, width, color_distort=True, color_jitter_strength=1.0, blur=False,
-                         crop=True, flip=True, image_height=None, image_width=None):
-  """Training views of a batch: crop+resize, flip, then (pretraining) colour distortion and blur.
-
-  Fine-tuning uses `color_distort=False, blur=False` (crop and flip only), as the authors do.
-  """
-  images = random_geometry(images, height, width, crop, flip, image_height, image_width)
-  return random_photometric(images, color_distort, color_jitter_strength, blur)
-
-
 def stack_views(views, num_views=2):
   """`[V * B, h, w, 3]` (view-major) -> `[B, h, w, 3 * V]`, the model's input layout."""
   return tf.concat(tf.split(views, num_views, axis=0), axis=-1)
 
 
-def pretrain_views(images, height, width, color_jitter_strength=1.0, blur=False, num_views=2):
+def unstack_views(images, num_views=2):
+  """`[B, h, w, 3 * V]` -> `[V * B, h, w, 3]` (view-major): the inverse of `stack_views`."""
+  return tf.concat(tf.split(images, num_views, axis=-1), axis=0)
+
+
+def pretrain_views(images, height, width, color_jitter_strength=1.0, blur=False, num_views=2,
+                   min_area=MIN_CROP_AREA):
   """`num_views` independently augmented views of each image of a same-size batch, stacked on channels."""
-  views = random_geometry(tf.concat([images] * num_views, axis=0), height, width)
+  views = random_geometry(tf.concat([images] * num_views, axis=0), height, width, min_area=min_area)
   return random_photometric(views, color_jitter_strength=color_jitter_strength, blur=blur, num_views=num_views)
 
 

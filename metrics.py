@@ -1,12 +1,9 @@
-"""Training and evaluation metrics of SimCLR, and where they go: TensorBoard and result.json.
+"""Training metrics of SimCLR, and how they reach TensorBoard and the log.
 
 The contrastive accuracy (is the positive the most similar view-2 of all?) and entropy (how peaked the
 similarity distribution is) are the cheap health signals of pretraining: accuracy near chance and entropy
 near log(N) after warmup mean the representation is not learning.
 """
-
-import json
-import os
 
 from absl import logging
 import tensorflow as tf
@@ -59,50 +56,3 @@ def log_and_write_metrics(metrics, step, writer=None):
 def _write_scalars(values, step):
   for name, value in values.items():
     tf.summary.scalar(name, value, step=step)
-
-
-def evaluate_classifier(model, dataset, strategy, num_classes, max_batches=0):
-  """Top-1 accuracy of the model's `logits_sup` on a distributed dataset of (images, one-hot labels), and
-  top-5 when there are more than 5 classes (else it is 1 by construction); unlabeled rows do not count.
-  Returns {'eval/label_top_k_accuracy': ..., 'eval/num_examples': n}; `max_batches` > 0 stops early."""
-  ks = [1] + ([5] if num_classes > 5 else [])
-
-  def replica_step(images, labels):
-    logits = model(images, training=False)['logits_sup']
-    weights = tf.reduce_sum(labels, 1)
-    true = tf.argmax(labels, 1, output_type=tf.int32)
-    hits = [tf.reduce_sum(tf.cast(tf.math.in_top_k(true, logits, k), tf.float32) * weights) for k in ks]
-    return tf.stack(hits + [tf.reduce_sum(weights)])
-
-  @tf.function
-  def step(images, labels):
-    return strategy.reduce('SUM', strategy.run(replica_step, args=(images, labels)), axis=None)
-
-  totals = tf.zeros([len(ks) + 1])
-  for index, (images, labels) in enumerate(dataset):
-    if max_batches and index >= max_batches:
-      break
-    totals += step(images, labels)
-  *hits, count = (float(t) for t in totals.numpy())
-  result = {f'eval/label_top_{k}_accuracy': h / max(count, 1) for k, h in zip(ks, hits)}
-  return {**result, 'eval/num_examples': int(count)}
-
-
-def write_results(model_dir, result, step, eval_dir):
-  """`result` to model_dir/result.json and result_<step>.json and its `eval/` values to TensorBoard in
-  `eval_dir`, merged into an earlier result of the same step (whose other keys, e.g. the linear evaluation
-  after pretraining, stay). Returns the keys whose values changed; nothing is written when none did."""
-  path = os.path.join(model_dir, f'result_{step}.json')
-  previous = {}
-  if tf.io.gfile.exists(path):
-    with tf.io.gfile.GFile(path) as f:
-      previous = json.load(f)
-  changed = sorted(k for k in set(previous) & set(result) if previous[k] != result[k])
-  if previous and not changed and set(result) <= set(previous):
-    return []
-  with tf.summary.create_file_writer(eval_dir).as_default():
-    _write_scalars({k: v for k, v in result.items() if k.startswith('eval/')}, step)
-  for name in ('result.json', f'result_{step}.json'):
-    with tf.io.gfile.GFile(os.path.join(model_dir, name), 'w') as f:
-      json.dump({**previous, **result}, f, indent=1)
-  return changed

@@ -10,6 +10,7 @@ import math
 import keras
 import tensorflow as tf
 
+import data_util
 import lars_optimizer
 import resnet
 
@@ -186,7 +187,7 @@ class SimCLRModel(keras.Model):
     if channels is None or channels % 3:
       raise ValueError(f'Input channels must be a static multiple of 3 (views stacked on channels), got '
                        f'shape {inputs.shape}.')
-    features = tf.concat(tf.split(inputs, channels // 3, axis=-1), axis=0)
+    features = data_util.unstack_views(inputs, channels // 3)
     outputs = self.resnet_model(features, training=training, return_endpoints=True)
     hiddens = outputs['final_avg_pool']
     proj_head_output, supervised_head_input = self._projection_head(hiddens, training=training)
@@ -216,6 +217,26 @@ def dtype_policy(precision):
     yield
   finally:
     keras.config.set_dtype_policy(previous)
+
+
+def build(cfg, num_classes, num_replicas=1):
+  """The SimCLR model of `cfg` (its model group, train mode and image size), with its variables created (a
+  forward pass) so checkpoints can be restored into it. Synchronized BatchNorm only when there is something to
+  synchronize: on one replica it computes the same thing, slower."""
+  m = cfg.model
+  views = 2 if cfg.run.train_mode == 'pretrain' else 1
+  with dtype_policy(m.precision):  # layers built lazily on this first call get it too
+    model = SimCLRModel(
+        num_classes, resnet_depth=m.resnet_depth, width_multiplier=m.width_multiplier,
+        cifar_stem=cfg.use_cifar_stem, sk_ratio=m.sk_ratio, se_ratio=m.se_ratio,
+        global_bn=m.global_bn and num_replicas > 1, batch_norm_decay=m.batch_norm_decay,
+        proj_head_mode=m.proj_head_mode, proj_out_dim=m.proj_out_dim, num_proj_layers=m.num_proj_layers,
+        ft_proj_selector=m.ft_proj_selector, train_mode=cfg.run.train_mode,
+        lineareval_while_pretraining=m.lineareval_while_pretraining,
+        fine_tune_after_block=m.fine_tune_after_block, zero_init_logits_layer=m.zero_init_logits_layer,
+        linear_eval_endpoint=m.linear_eval_endpoint)
+    model(tf.zeros([1, cfg.data.image_size, cfg.data.image_size, 3 * views]), training=False)
+  return model
 
 
 def get_train_steps(num_examples, train_batch_size, train_epochs=None, train_steps=None):

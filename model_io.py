@@ -1,512 +1,15 @@
-"""Model files: this project's checkpoints and SavedModel exports, and the SimCLR authors' TF2 formats.
-
-Reading works the same way for all four formats. Each keeps its weights in a TF2 object-based checkpoint (a
-SavedModel in `variables/variables`) whose object graph is the SimCLR model's own structure:
-`model/resnet_model/block_groups/<g>/layers/<b>/...`, `model/_projection_head/linear_layers/<j>/...`,
-`model/supervised_head/...`. This project's layers keep the authors' attribute names (resnet.py), so a variable
-is identified by its *structural key* -- attribute names, and positions in the layer lists counting only the
-items that hold variables (the authors' lists also hold identity, DropBlock and pooling layers) -- and by its
-shape. Nothing depends on auto-numbered layer names, on which of several object paths a file's checkpoint key
-happens to use (a SavedModel stores most variables under `.../variables/<n>`), or on the TensorFlow version.
-
-`inspect(path)` reads only the object graph and shapes: the format, the global step and the network
-(`Architecture`: depth from the blocks per group, width from the convolutions' channels, stem, selective
-kernels, squeeze-excitation, projection head and supervised head from their layers). `restore(model, file)`
-then places every encoder and projection-head variable of the file into a model built for that architecture,
-or raises and places none. `export` writes this project's SavedModel, which is also a TF Hub Reusable
-SavedModel. Every path goes through `tf.io.gfile`, so `gs://` works like a local path.
+"""Model weights in and out: a model file's weights into a model built for its network (`restore`, all or
+nothing, for any file architecture.inspect read), this project's SavedModel export (also a TF Hub Reusable
+SavedModel, with the authors' interface), and resuming from training checkpoints (damaged ones skipped).
 """
 
-import dataclasses
-import json
-import math
-import os
-import re
-
 from absl import logging
-import numpy as np
 import tensorflow as tf
-from tensorflow.core.protobuf import trackable_object_graph_pb2
 
+import architecture
 import model as model_lib
-import resnet
-
-# The structure of a SimCLR model: attribute names of the authors' tf2 code, which this project's layers keep.
-LIST_ATTRIBUTES = frozenset({
-    'initial_conv_relu_max_pool', 'block_groups', 'layers', 'shortcut_layers', 'conv2d_bn_layers',
-    'projection_layers', 'conv_relu_dropblock_layers', 'linear_layers'})
-LAYER_ATTRIBUTES = frozenset({
-    'resnet_model', '_projection_head', 'supervised_head', 'linear_layer', 'se_layer', 'conv2d', 'bn', 'bn_relu',
-    'dense', 'conv2d_fixed_padding', 'batch_norm_relu', 'batch_norm_relu_1', 'conv2d_0', 'conv2d_1', 'se_reduce',
-    'se_expand'})
-VARIABLE_ATTRIBUTES = frozenset({'kernel', 'bias', 'gamma', 'beta', 'moving_mean', 'moving_variance'})
-ENCODER, PROJECTION_HEAD, SUPERVISED_HEAD = 'resnet_model', '_projection_head', 'supervised_head'
-FLAGS_FILE = 'flags.json'  # the run's flags, in model_dir (the authors' run.py writes one too)
-_OBJECT_GRAPH = '_CHECKPOINTABLE_OBJECT_GRAPH'
-# What reading a damaged file raises: a truncated data file gives IndexError ("Read less bytes than requested").
-_UNREADABLE = (tf.errors.OpError, IndexError)
-_VARIABLE_VALUE = 'VARIABLE_VALUE'
-
-
-class ModelFileError(ValueError):
-  """A model file that cannot be used as asked; the one-line message names the file."""
-
-
-# ------------------------------------------------------------------------------------------- structure
-
-
-def _structural_keys(root, children, is_variable):
-  """{structural key: leaf} of the variables below `root` (a model), reached through SimCLR attributes only.
-
-  `children(node)` yields `(name, child)` edges; list items are named `<list>/<i>` (the authors' code, Keras
-  3's SavedModels) or `<list>_<i>` (resnet.Layer's checkpoints). A leaf reached by several paths has one key.
-  """
-  raw = {}
-  identity = lambda node: node if isinstance(node, int) else id(node)  # graph node ids, or live objects
-
-  def visit(node, path, on_path):
-    pending_index = bool(path) and isinstance(path[-1], str) and path[-1] in LIST_ATTRIBUTES
-    for name, child in children(node):
-      if identity(child) in on_path:
-        continue
-      if pending_index:
-        segments = (int(name),) if name.isdigit() else None
-      elif name in LIST_ATTRIBUTES:
-        segments = (name,)
-      elif (match := re.fullmatch(r'(.+)_(\d+)', name)) and match.group(1) in LIST_ATTRIBUTES:
-        segments = (match.group(1), int(match.group(2)))
-      elif is_variable(child) and name.lstrip('_') in VARIABLE_ATTRIBUTES:
-        raw[path + (name.lstrip('_'),)] = child
-        continue
-      elif name in LAYER_ATTRIBUTES:
-        segments = (name,)
-      else:
-        segments = None
-      if segments is not None and not is_variable(child):
-        visit(child, path + segments, on_path | {identity(child)})
-
-  visit(root, (), {identity(root)})
-  # Renumber list positions over the items that hold variables, so both codebases' lists line up.
-  seen = {}
-  for path in raw:
-    for i, segment in enumerate(path):
-      if isinstance(segment, int):
-        seen.setdefault(path[:i], set()).add(segment)
-  rank = {prefix: {index: r for r, index in enumerate(sorted(indices))} for prefix, indices in seen.items()}
-  keys = {}
-  for path, leaf in raw.items():
-    key = '/'.join(str(rank[path[:i]][s]) if isinstance(s, int) else s for i, s in enumerate(path))
-    if key in keys and identity(keys[key]) != identity(leaf):
-      raise ModelFileError(f'two variables at {key}')
-    keys[key] = leaf
-  return keys
-
-
-def model_variables(model):
-  """{structural key: variable} of a `model.SimCLRModel`."""
-  def children(obj):  # pylint: disable=protected-access
-    return obj._trackable_children('checkpoint').items() if hasattr(obj, '_trackable_children') else ()
-  # Not isinstance(obj, keras.Variable): in Keras 3.5 that is a subclass the layers' own variables are not of.
-  return _structural_keys(model, children, lambda obj: isinstance(obj, tf.Variable) or hasattr(obj, 'assign'))
-
-
-class _ObjectGraph:
-  """The object graph of a TF2 checkpoint: nodes by id, their named children and checkpoint keys."""
-
-  def __init__(self, prefix):
-    self.reader = tf.train.load_checkpoint(prefix)
-    self.proto = trackable_object_graph_pb2.TrackableObjectGraph()
-    self.proto.ParseFromString(self.reader.get_tensor(_OBJECT_GRAPH))
-    self.shapes = self.reader.get_variable_to_shape_map()
-
-  def children(self, node_id):
-    return [(child.local_name, child.node_id) for child in self.proto.nodes[node_id].children]
-
-  def checkpoint_key(self, node_id):
-    for attribute in self.proto.nodes[node_id].attributes:
-      if attribute.name == _VARIABLE_VALUE:
-        return attribute.checkpoint_key
-    return None
-
-  def child(self, node_id, name):
-    return next((c for n, c in self.children(node_id) if n == name), None)
-
-  def variables_below(self, node_id):
-    """Every variable node reachable from `node_id` through any edge."""
-    found, stack, seen = set(), [node_id], {node_id}
-    while stack:
-      node = stack.pop()
-      if self.checkpoint_key(node) is not None:
-        found.add(node)
-      for _, child in self.children(node):
-        if child not in seen:
-          seen.add(child)
-          stack.append(child)
-    return found
-
-
-# ------------------------------------------------------------------------------------------- architecture
-
-
-@dataclasses.dataclass(frozen=True)
-class Architecture:
-  """The network a file holds, in run.py's flag names. `num_classes` is None without a supervised head; the
-  head reads layer `ft_proj_selector` of the projection head, or (linear evaluation) the average-pooled
-  encoder endpoint `linear_eval_endpoint`."""
-  resnet_depth: int
-  width_multiplier: float
-  cifar_stem: bool
-  sk_ratio: float
-  se_ratio: float
-  proj_head_mode: str
-  num_proj_layers: int
-  proj_out_dim: int
-  num_classes: int = None
-  ft_proj_selector: int = 0
-  linear_eval_endpoint: str = None
-
-  MODEL_FLAGS = ('resnet_depth', 'width_multiplier', 'cifar_stem', 'sk_ratio', 'se_ratio', 'proj_head_mode',
-                 'num_proj_layers', 'proj_out_dim')
-
-  def model_flags(self):
-    return {name: getattr(self, name) for name in self.MODEL_FLAGS}
-
-  def contradictions(self, given):
-    """[(flag, given value, file value)] for the flag values in `given` that would build another network."""
-    conv_widths = lambda w: [resnet.channels(m, w) for m, _ in _width_rules(resnet.expansion(self.resnet_depth))]
-    filters = resnet.group_widths(self.width_multiplier)
-    mode = given.get('proj_head_mode', self.proj_head_mode)
-    same = {
-        'width_multiplier': lambda w: conv_widths(w) == conv_widths(self.width_multiplier),
-        'sk_ratio': lambda r: (r > 0) == (self.sk_ratio > 0) and (
-            r == 0 or [resnet.sk_attention_width(f, r) for f in filters] ==
-            [resnet.sk_attention_width(f, self.sk_ratio) for f in filters]),
-        'se_ratio': lambda r: (r > 0) == (self.se_ratio > 0) and (
-            r == 0 or [resnet.se_width(f, r) for f in filters] == [resnet.se_width(f, self.se_ratio) for f in filters]),
-        'proj_head_mode': lambda mode: {'none': 0, 'linear': 1}.get(mode, self.num_proj_layers or -1) ==
-                                       self.num_proj_layers,
-        'num_proj_layers': lambda n: mode != 'nonlinear' or n == self.num_proj_layers,
-        'proj_out_dim': lambda d: self.num_proj_layers == 0 or d == self.proj_out_dim,
-    }
-    equal = lambda name, value: same[name](value) if name in same else value == getattr(self, name)
-    return [(name, value, getattr(self, name)) for name, value in given.items()
-            if name in self.MODEL_FLAGS and not equal(name, value)]
-
-  def as_is_flags(self):
-    """run.py flag values that build this network with its heads as they are (to use it, not to train it)."""
-    flags = dict(self.model_flags(), fine_tune_after_block=-1, zero_init_logits_layer=False)
-    if self.num_classes is None:
-      return dict(flags, train_mode='pretrain', lineareval_while_pretraining=False)
-    if self.linear_eval_endpoint:
-      return dict(flags, train_mode='linear_eval', linear_eval_endpoint=self.linear_eval_endpoint)
-    return dict(flags, train_mode='finetune', ft_proj_selector=self.ft_proj_selector)
-
-  def head_fits(self, num_classes, train_mode, ft_proj_selector, linear_eval_endpoint):
-    """Whether the file's supervised head is the one a model of these settings has: same classes, same input."""
-    if self.num_classes != num_classes:
-      return False
-    if train_mode == 'linear_eval':
-      reads = None if linear_eval_endpoint in ('final_avg_pool', 'block_group4') else linear_eval_endpoint
-      return self.linear_eval_endpoint == reads and (reads is not None or self.ft_proj_selector == 0)
-    return self.linear_eval_endpoint is None and self.ft_proj_selector == model_lib.selector_index(
-        ft_proj_selector, self.num_proj_layers)
-
-  def describe(self):
-    net = f'ResNet-{self.resnet_depth} x{self.width_multiplier:g}'
-    net += f' SK {self.sk_ratio:g}' if self.sk_ratio else ''
-    net += f' SE {self.se_ratio:g}' if self.se_ratio else ''
-    net += ', CIFAR stem' if self.cifar_stem else ''
-    head = (f'projection head {self.num_proj_layers} layer(s) -> {self.proj_out_dim}' if self.num_proj_layers
-            else 'no projection head')
-    if self.num_classes is None:
-      return f'{net}, {head}, no supervised head'
-    reads = self.linear_eval_endpoint or f'projection layer {self.ft_proj_selector}'
-    return f'{net}, {head}, supervised head {self.num_classes} classes on {reads}'
-
-
-def _solve_ratio(observed, rule, common):
-  """The ratio r with rule(filters, r) == value for every observed {filters: value}; `common` ones first."""
-  candidates = list(common) + [v / f for f, v in observed.items()] + [(v + 0.5) / f for f, v in observed.items()]
-  return next((r for r in candidates if all(rule(f, r) == v for f, v in observed.items())), None)
-
-
-def _width_rules(expansion):
-  """[(width at 1x, key of a conv of that width)] that tell the width multiplier: the stem's last conv (key None),
-  each group's first conv and (bottlenecks) its 4x shortcut conv."""
-  main, shortcut = (('conv2d_bn_layers', 'shortcut_layers') if expansion == 1 else
-                    ('conv_relu_dropblock_layers', 'projection_layers'))
-  rules = [(64, None)]
-  for g in range(4):
-    first = f'{ENCODER}/block_groups/{g}/layers/0/'
-    rules.append((64 * 2 ** g, f'{first}{main}/0/conv2d/kernel'))
-    if expansion > 1:
-      rules.append((64 * 2 ** g * expansion, f'{first}{shortcut}/0/conv2d/kernel'))
-  return rules
-
-
-def _solve_width(observed):
-  """The width multiplier with the fewest decimals that gives every observed (width at 1x, channels) as the
-  authors' code does (truncating), or None. Width 0.1 gives 6, 12, 25, 51: no single conv tells it."""
-  low = max(c / m for m, c in observed)
-  high = min((c + 1) / m for m, c in observed)
-  for decimals in range(8):
-    width = math.ceil(low * 10 ** decimals - 1e-9) / 10 ** decimals
-    if width < high and all(resnet.channels(m, width) == c for m, c in observed):
-      return width
-  return low if low < high else None
-
-
-def _infer_architecture(shapes, name):
-  """The `Architecture` whose variables have these {structural key: shape}, head position left at 0."""
-  def fail(why):
-    raise ModelFileError(f'{name} is not a SimCLR model this project can build: {why}.')
-
-  def count(prefix):
-    items = {int(k[len(prefix):].split('/')[0]) for k in shapes if k.startswith(prefix)}
-    if items != set(range(len(items))):
-      fail(f'{prefix} has items {sorted(items)}')
-    return len(items)
-
-  blocks = tuple(count(f'{ENCODER}/block_groups/{g}/layers/') for g in range(count(f'{ENCODER}/block_groups/')))
-  first = f'{ENCODER}/block_groups/0/layers/0/'
-  block = 'basic' if any(k.startswith(first + 'conv2d_bn_layers/') for k in shapes) else 'bottleneck'
-  depth = next((d for d, spec in resnet.ARCHITECTURES.items() if spec == (block, blocks)), None)
-  if depth is None:
-    fail(f'{block} blocks per group {blocks} are not a ResNet-{"/".join(map(str, resnet.SUPPORTED_DEPTHS))}')
-  stem_conv = ENCODER + r'/initial_conv_relu_max_pool/(\d+)/conv2d/kernel'
-  stem = [shapes[key] for key in sorted((k for k in shapes if re.fullmatch(stem_conv, k)),
-                                        key=lambda k: int(re.fullmatch(stem_conv, k).group(1)))]
-  if not stem:
-    fail('it has no stem convolution')
-  cifar_stem = len(stem) == 1 and stem[0][0] == 3
-  resnet_d = len(stem) == 3
-  rules = _width_rules(resnet.expansion(depth))
-  if any(key not in shapes for _, key in rules[1:]):
-    fail('a block group\'s first block lacks a convolution')
-  observed = [(m, (stem[-1] if key is None else shapes[key])[-1]) for m, key in rules]
-  width = _solve_width(observed)
-  if width is None:
-    fail(f'no width multiplier gives its channels {[c for _, c in observed]}')
-  filters = resnet.group_widths(width)
-  in_block = ENCODER + r'/block_groups/\d+/layers/\d+/'
-  sk_widths = {filters[int(k.split('/')[2])]: shape[-1] for k, shape in shapes.items()
-               if re.fullmatch(in_block + r'conv_relu_dropblock_layers/\d+/conv2d_0/kernel', k)}
-  sk_ratio = 0.0
-  if sk_widths or resnet_d:
-    sk_ratio = _solve_ratio(sk_widths, resnet.sk_attention_width, (0.0625,)) if sk_widths else 0.0625
-    if sk_ratio is None:
-      fail(f'no selective-kernel ratio gives attention widths {sk_widths}')
-  se_widths = {filters[int(k.split('/')[2])]: shape[-1] for k, shape in shapes.items()
-               if re.fullmatch(in_block + r'(se_layer|conv_relu_dropblock_layers/\d+)/se_reduce/kernel', k)}
-  se_ratio = _solve_ratio(se_widths, resnet.se_width, (0.25, 0.0625, 0.125, 0.5)) if se_widths else 0.0
-  if se_ratio is None:
-    fail(f'no squeeze-excitation ratio gives widths {se_widths}')
-  layers = count(f'{PROJECTION_HEAD}/linear_layers/')
-  out_dim = shapes[f'{PROJECTION_HEAD}/linear_layers/{layers - 1}/dense/kernel'][-1] if layers else 0
-  head = shapes.get(f'{SUPERVISED_HEAD}/linear_layer/dense/kernel')
-  return Architecture(
-      resnet_depth=depth, width_multiplier=width, cifar_stem=cifar_stem, sk_ratio=sk_ratio, se_ratio=se_ratio,
-      proj_head_mode='nonlinear' if layers else 'none', num_proj_layers=layers, proj_out_dim=out_dim or 128,
-      num_classes=int(head[-1]) if head else None)
-
-
-def _head_positions(arch, head_input_width):
-  """[(ft_proj_selector, linear_eval_endpoint)] whose features have the supervised head's input width."""
-  final = resnet.output_width(arch.resnet_depth, arch.width_multiplier)
-  widths = [final] * arch.num_proj_layers + [arch.proj_out_dim if arch.num_proj_layers else final]
-  positions = [(j, None) for j, width in enumerate(widths) if width == head_input_width]
-  for g in range(3):  # a linear-evaluation head on an earlier block group (--linear_eval_endpoint)
-    if resnet.channels(64 * 2 ** g * resnet.expansion(arch.resnet_depth), arch.width_multiplier) == head_input_width:
-      positions.append((0, f'block_group{g + 1}'))
-  return positions
-
-
-# ------------------------------------------------------------------------------------------- reading
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelFile:
-  """What `inspect` found: `tensors` maps structural keys to (checkpoint key, shape) in `prefix`."""
-  path: str
-  kind: str  # 'SavedModel' or 'training checkpoint'
-  authors: bool  # written by the SimCLR authors' code (else by this project)
-  prefix: str
-  saved_model_dir: str
-  step: int
-  architecture: Architecture
-  tensors: dict
-
-  def describe(self):
-    who = "the authors'" if self.authors else "this project's"
-    return f'{who} {self.kind} {self.path} (step {self.step}): {self.architecture.describe()}'
-
-
-def resolve(path):
-  """(kind, variables prefix, SavedModel dir or None) of a model path: a SavedModel (or the folder holding
-  `saved_model/`), a checkpoint prefix `ckpt-N`, or a folder with a `checkpoint` file (its latest)."""
-  path = path.rstrip('/') if len(path) > 1 else path
-  if tf.io.gfile.exists(os.path.join(path, 'saved_model.pb')):
-    return 'SavedModel', os.path.join(path, 'variables', 'variables'), path
-  if tf.io.gfile.isdir(path):
-    latest = _latest_checkpoint(path)
-    if latest:
-      return 'training checkpoint', latest, None
-    exported = os.path.join(path, 'saved_model')
-    if tf.io.gfile.exists(os.path.join(exported, 'saved_model.pb')):
-      return resolve(exported)
-    if tf.io.gfile.isdir(exported):  # this project's model_dir without checkpoints: its newest export
-      steps = sorted(int(d.rstrip('/')) for d in tf.io.gfile.listdir(exported) if d.rstrip('/').isdigit())
-      if steps:
-        return resolve(os.path.join(exported, str(steps[-1])))
-    raise ModelFileError(f'{path} holds no SavedModel (saved_model.pb) and no training checkpoint (a '
-                         '"checkpoint" file, or ckpt-N.index).')
-  if tf.io.gfile.exists(path + '.index'):
-    return 'training checkpoint', path, None
-  prefix = re.sub(r'\.(index|data-\d+-of-\d+)$', '', path)
-  if prefix != path and tf.io.gfile.exists(prefix + '.index'):
-    raise ModelFileError(f'{path} is one file of the checkpoint {prefix}: pass that prefix (or its folder).')
-  if tf.io.gfile.exists(path):
-    raise ModelFileError(f'{path} is a file, not a checkpoint prefix (ckpt-N), a folder with a "checkpoint" file '
-                         'or a SavedModel folder.')
-  raise ModelFileError(f'{path} does not exist.')
-
-
-def _latest_checkpoint(folder):
-  """The prefix a folder's `checkpoint` file names -- beside it if the recorded path is elsewhere (a folder copied
-  from another machine or bucket keeps the absolute paths it was written with) -- else the folder's newest
-  `ckpt-<step>`, else None."""
-  state = None
-  if tf.io.gfile.exists(os.path.join(folder, 'checkpoint')):
-    try:
-      state = tf.train.get_checkpoint_state(folder)  # None if unreadable
-    except ValueError:
-      pass
-  named = state.model_checkpoint_path if state else ''
-  for prefix in (os.path.join(folder, os.path.basename(named)), named) if named else ():
-    if tf.io.gfile.exists(prefix + '.index'):
-      return prefix
-  paths = checkpoint_paths(folder)
-  return paths[-1] if paths else None
-
-
-def inspect(path):
-  """Reads what `path` holds -- format, step and network -- from its object graph, without its tensors."""
-  kind, prefix, saved_model_dir = resolve(path)
-  try:
-    graph = _ObjectGraph(prefix)
-  except _UNREADABLE + (ValueError,) as error:
-    raise ModelFileError(f'{path} is not a readable TF2 checkpoint or SavedModel '
-                         f'({error.__class__.__name__}: {str(error).splitlines()[0][:200]}).') from None
-  model = graph.child(0, 'model')
-  if model is None or graph.child(model, ENCODER) is None:
-    raise ModelFileError(f'{path} is not a SimCLR model: its object graph has no model/{ENCODER}.')
-  leaves = _structural_keys(model, graph.children, lambda node: graph.checkpoint_key(node) is not None)
-  placed = set(leaves.values())
-  for part in (ENCODER, PROJECTION_HEAD, SUPERVISED_HEAD):
-    node = graph.child(model, part)
-    stray = graph.variables_below(node) - placed if node is not None else set()
-    if stray:
-      raise ModelFileError(f'{path} is not a SimCLR model this project can build: {len(stray)} variable(s) of '
-                           f'model/{part} are outside its known layers, e.g. {graph.checkpoint_key(min(stray))}.')
-  missing = [key for key, node in leaves.items() if graph.checkpoint_key(node) not in graph.shapes]
-  if missing:
-    raise ModelFileError(f'{path} is incomplete: no value for {len(missing)} variable(s), e.g. {missing[0]}.')
-  tensors = {key: (graph.checkpoint_key(node), tuple(graph.shapes[graph.checkpoint_key(node)]))
-             for key, node in leaves.items()}
-  arch = _infer_architecture({key: shape for key, (_, shape) in tensors.items()}, path)
-  # The authors' export keeps `trainable_variables_list` on its root, their training checkpoint `global_step`.
-  authors = graph.child(0, 'trainable_variables_list' if kind == 'SavedModel' else 'global_step') is not None
-  step = _step(graph, kind, prefix, saved_model_dir)
-  file = ModelFile(path, kind, authors, prefix, saved_model_dir, step, arch, tensors)
-  if arch.num_classes is not None:
-    arch = dataclasses.replace(arch, **_head_position(file, graph))
-  return dataclasses.replace(file, architecture=arch)
-
-
-def _step(graph, kind, prefix, saved_model_dir):
-  """The global step: the authors' `global_step` variable, this project's `ckpt-<step>` name, or an export's
-  `saved_model/<step>` folder; else 0."""
-  node = graph.child(0, 'global_step')
-  if node is not None and kind == 'training checkpoint':
-    return int(graph.reader.get_tensor(graph.checkpoint_key(node)))
-  name = os.path.basename(saved_model_dir if saved_model_dir else prefix)
-  number = name.rsplit('-', 1)[-1]
-  return int(number) if number.isdigit() else 0
-
-
-def _head_position(file, graph):
-  """Where the file's supervised head reads, when its input width leaves several layers possible: found by
-  running the SavedModel, or from the flags.json of the run that wrote the checkpoint."""
-  arch = file.architecture
-  width = file.tensors[f'{SUPERVISED_HEAD}/linear_layer/dense/kernel'][1][0]
-  positions = _head_positions(arch, width)
-  if not positions:
-    raise ModelFileError(f'{file.path}: its supervised head reads {width} features, which no layer of '
-                         f'{arch.describe()} has.')
-  chosen = None
-  if len(positions) > 1 and file.saved_model_dir:
-    try:
-      chosen = _probe_head_position(file, graph, positions)
-    except ModelFileError:
-      raise
-    except (tf.errors.OpError, ValueError, TypeError, KeyError) as error:  # a SavedModel that does not run so
-      logging.warning('%s: could not run it to find its head\'s input (%s).', file.path, _first_line(error))
-  if len(positions) > 1 and chosen is None:
-    chosen = _head_position_from_flags(file, positions)
-  if chosen is None:
-    chosen = positions[0]
-    if len(positions) > 1:
-      logging.warning('%s: assuming its supervised head reads %s (no flags.json beside it says which of %s).',
-                      file.path, chosen[1] or f'projection layer {chosen[0]}', positions)
-  return {'ft_proj_selector': chosen[0], 'linear_eval_endpoint': chosen[1]}
-
-
-def _head_position_from_flags(file, positions):
-  folder = os.path.dirname(file.prefix)
-  for flags_path in (os.path.join(folder, FLAGS_FILE), os.path.join(os.path.dirname(folder), FLAGS_FILE)):
-    if tf.io.gfile.exists(flags_path):
-      try:
-        with tf.io.gfile.GFile(flags_path) as f:
-          flags = json.load(f)
-      except ValueError:
-        continue
-      endpoint = flags.get('linear_eval_endpoint') if flags.get('train_mode') == 'linear_eval' else None
-      selector = model_lib.selector_index(int(flags.get('ft_proj_selector', 0)), file.architecture.num_proj_layers)
-      position = (0 if endpoint else selector, endpoint if endpoint != 'final_avg_pool' else None)
-      if position in positions:
-        return position
-  return None
-
-
-def _probe_head_position(file, graph, positions):
-  """Runs the SavedModel on a few images and recomputes its logits from each candidate layer's features."""
-  loaded = tf.saved_model.load(file.saved_model_dir)
-  size = 32 if file.architecture.cifar_stem else 64
-  images = tf.random.stateless_uniform([2, size, size, 3], seed=[1, 2])
-  outputs = {k: v.numpy().astype(np.float64) for k, v in loaded(images, trainable=False).items()}
-  value = lambda key: graph.reader.get_tensor(file.tensors[key][0]).astype(np.float64)
-  hiddens = [outputs['proj_head_input']]
-  for j in range(file.architecture.num_proj_layers):
-    layer = f'{PROJECTION_HEAD}/linear_layers/{j}/'
-    h = hiddens[-1] @ value(layer + 'dense/kernel')
-    if layer + 'dense/bias' in file.tensors:
-      h += value(layer + 'dense/bias')
-    bn = layer + 'bn_relu/bn/'
-    h = (h - value(bn + 'moving_mean')) / np.sqrt(value(bn + 'moving_variance') + resnet.BATCH_NORM_EPSILON)
-    h = h * value(bn + 'gamma') + (value(bn + 'beta') if bn + 'beta' in file.tensors else 0.0)
-    hiddens.append(np.maximum(h, 0.0) if j < file.architecture.num_proj_layers - 1 else h)
-  head = f'{SUPERVISED_HEAD}/linear_layer/dense/'
-  errors = {}
-  for selector, endpoint in positions:
-    features = outputs[endpoint].mean((1, 2)) if endpoint else hiddens[selector]
-    logits = features @ value(head + 'kernel') + value(head + 'bias')
-    errors[(selector, endpoint)] = np.abs(logits - outputs['logits_sup']).max() / (
-        np.abs(outputs['logits_sup']).max() + 1e-12)
-  best = min(positions, key=lambda p: errors[p])
-  if errors[best] > 1e-3:
-    raise ModelFileError(f'{file.path}: its logits_sup match no candidate input of its supervised head '
-                         f'(relative errors {errors}).')
-  return best
+import progress
+import rundir
 
 
 def restore(model, file, supervised_head=True):
@@ -516,25 +19,45 @@ def restore(model, file, supervised_head=True):
   and shape, and every such variable of the model gets one; `supervised_head` also restores the supervised
   head (else the model's stays as initialised). Returns the number of variables placed.
   """
-  live = {key: variable for key, variable in model_variables(model).items()
-          if supervised_head or not key.startswith(SUPERVISED_HEAD + '/')}
-  wanted = {key for key in file.tensors if key.startswith((ENCODER + '/', PROJECTION_HEAD + '/')) or (
-      supervised_head and key.startswith(SUPERVISED_HEAD + '/'))}
+  live = {key: variable for key, variable in architecture.model_variables(model).items()
+          if supervised_head or not key.startswith(architecture.SUPERVISED_HEAD + '/')}
+  parts = (architecture.ENCODER, architecture.PROJECTION_HEAD) + ((architecture.SUPERVISED_HEAD,) if supervised_head
+                                                                  else ())
+  wanted = {key for key in file.tensors if key.startswith(tuple(part + '/' for part in parts))}
   problems = [f'{key} is not in the model' for key in sorted(wanted - set(live))]
   problems += [f'the model\'s {key} is not in the file' for key in sorted(set(live) - wanted)]
   problems += [f'{key} has shape {file.tensors[key][1]} in the file, {tuple(live[key].shape)} in the model'
                for key in sorted(wanted & set(live)) if tuple(live[key].shape) != file.tensors[key][1]]
   if problems:
-    raise ModelFileError(f'{file.path} does not fit the model: {problems[0]} ({len(problems)} difference(s)).')
+    raise architecture.ModelFileError(
+        f'{file.path} does not fit the model: {problems[0]} ({len(problems)} difference(s)).')
   reader = tf.train.load_checkpoint(file.prefix)
   try:
     values = {key: reader.get_tensor(file.tensors[key][0]) for key in wanted}  # every read before any write
-  except _UNREADABLE as error:
-    raise ModelFileError(f'{file.path} cannot be read ({error.__class__.__name__}: '
+  except architecture.UNREADABLE as error:
+    raise architecture.ModelFileError(f'{file.path} cannot be read ({error.__class__.__name__}: '
                          f'{str(error).splitlines()[0][:200]}).') from None
   for key in wanted:
     live[key].assign(values[key])
   return len(wanted)
+
+
+# ------------------------------------------------------------------------------------------- a file's model
+
+
+def as_file_config(cfg, file):
+  """`cfg` that builds the file's network with its heads as they are (eval, export, embedding plot, teacher)."""
+  return cfg.replace(**file.architecture.as_is_flags())
+
+
+def load(cfg, strategy, file, role='Loaded'):
+  """The model of a file with all its weights (heads included), for using it as it is; says what it loaded."""
+  with strategy.scope():
+    model = model_lib.build(as_file_config(cfg, file), file.architecture.num_classes or 1,
+                            strategy.num_replicas_in_sync)
+  count = restore(model, file, supervised_head=file.architecture.num_classes is not None)
+  progress.status(f'{role} {file.describe()} ({count} variables).')
+  return model
 
 
 # ------------------------------------------------------------------------------------------- export
@@ -582,10 +105,10 @@ class ExportModule(tf.__internal__.tracking.AutoTrackable):
     return tf.function(lambda images: self(images, trainable=False), input_signature=[spec])
 
 
-def export(model, export_root, step, keep=1):
-  """Writes `export_root/<step>/` atomically (temporary dir, then rename), keeps the newest `keep` exports;
-  returns the path."""
-  final = os.path.join(export_root, str(step))
+def export(model, model_dir, step, keep=1):
+  """Writes model_dir's `saved_model/<step>/` atomically (temporary dir, then rename), keeps the newest `keep`
+  exports; returns the path."""
+  final = rundir.export_path(model_dir, step)
   tmp = final + '.tmp'
   if tf.io.gfile.exists(tmp):
     tf.io.gfile.rmtree(tmp)
@@ -595,9 +118,9 @@ def export(model, export_root, step, keep=1):
   if tf.io.gfile.exists(final):
     tf.io.gfile.rmtree(final)
   tf.io.gfile.rename(tmp, final)
-  exports = sorted(int(d.rstrip('/')) for d in tf.io.gfile.listdir(export_root) if d.rstrip('/').isdigit())
+  exports = rundir.exported_steps(model_dir)
   for old in exports[:-keep] if keep > 0 else []:
-    tf.io.gfile.rmtree(os.path.join(export_root, str(old)))
+    tf.io.gfile.rmtree(rundir.export_path(model_dir, old))
   logging.info('Exported SavedModel to %s', final)
   return final
 
@@ -605,42 +128,25 @@ def export(model, export_root, step, keep=1):
 # ------------------------------------------------------------------------------------------- training checkpoints
 
 
-def checkpoint_step(path):
-  """The step of a `ckpt-<step>` prefix (training names every checkpoint by its step), or None."""
-  number = os.path.basename(path).rsplit('-', 1)[-1]
-  return int(number) if number.isdigit() else None
-
-
-def checkpoint_paths(model_dir):
-  """The `ckpt-<step>` prefixes in model_dir that have an index file, oldest first (the `checkpoint` state file
-  is not trusted: it may be stale or damaged too)."""
-  if not model_dir or not tf.io.gfile.isdir(model_dir):
-    return []
-  paths = [p[:-len('.index')] for p in tf.io.gfile.glob(os.path.join(model_dir, 'ckpt-*.index'))]
-  return sorted((p for p in paths if checkpoint_step(p) is not None), key=checkpoint_step)
-
-
-def _first_line(error):
-  return f'{error.__class__.__name__}: {str(error).strip().splitlines()[0][:200] if str(error).strip() else ""}'
-
-
 def restore_latest(checkpoint, model_dir):
   """Restores the newest readable checkpoint of model_dir into `checkpoint` (model and optimizer). One that
   cannot be read -- a data file truncated by a full disk or an interrupted copy -- is skipped with a warning
   naming it. Returns the restored path, None when there is no checkpoint; raises when none is readable."""
-  paths = checkpoint_paths(model_dir)
+  paths = rundir.checkpoint_paths(model_dir)
   for path in reversed(paths):
     try:
       checkpoint.read(path).assert_existing_objects_matched().expect_partial()
       return path
-    except _UNREADABLE as error:
-      logging.warning('Skipping checkpoint %s: it cannot be read (%s).', path, _first_line(error))
+    except architecture.UNREADABLE as error:
+      logging.warning('Skipping checkpoint %s: it cannot be read (%s).', path, architecture.first_line(error))
     except (AssertionError, ValueError) as error:
-      raise ModelFileError(f'{path} does not hold the model these flags build: resume with the flags of the '
-                           f'run that wrote it ({_first_line(error)}).') from None
+      raise architecture.ModelFileError(
+          f'{path} does not hold the model these flags build: resume with the flags of the run that wrote it '
+          f'({architecture.first_line(error)}).') from None
   if paths:
-    raise ModelFileError(f'None of the {len(paths)} checkpoint(s) in {model_dir} can be read (newest: {paths[-1]}); '
-                         'restore them from a copy, or move them away to train from step 0.')
+    raise architecture.ModelFileError(
+        f'None of the {len(paths)} checkpoint(s) in {model_dir} can be read (newest: {paths[-1]}); restore them from '
+        'a copy, or move them away to train from step 0.')
   return None
 
 
@@ -650,8 +156,8 @@ def readable(path):
     reader = tf.train.load_checkpoint(path)
     for key in reader.get_variable_to_shape_map():
       reader.get_tensor(key)
-  except _UNREADABLE as error:
-    logging.warning('Checkpoint %s cannot be read (%s).', path, _first_line(error))
+  except architecture.UNREADABLE as error:
+    logging.warning('Checkpoint %s cannot be read (%s).', path, architecture.first_line(error))
     return False
   return True
 
@@ -660,9 +166,10 @@ def read_training_checkpoint(model, path):
   """Reads the model of a training checkpoint; returns its step, or None (with a warning) if it is unreadable."""
   try:
     tf.train.Checkpoint(model=model).read(path).assert_existing_objects_matched().expect_partial()
-  except _UNREADABLE as error:
-    logging.warning('Skipping checkpoint %s: it cannot be read (%s).', path, _first_line(error))
+  except architecture.UNREADABLE as error:
+    logging.warning('Skipping checkpoint %s: it cannot be read (%s).', path, architecture.first_line(error))
     return None
   except AssertionError as error:
-    raise ModelFileError(f'{path} does not hold the model these flags build ({_first_line(error)}).') from None
-  return checkpoint_step(path)
+    raise architecture.ModelFileError(
+        f'{path} does not hold the model these flags build ({architecture.first_line(error)}).') from None
+  return rundir.checkpoint_step(path)

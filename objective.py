@@ -1,5 +1,5 @@
-"""SimCLR's contrastive loss (NT-Xent), the supervised loss, SimCLRv2's distillation loss, and the train
-step that combines them for each training mode.
+"""The losses: SimCLR's contrastive loss (NT-Xent), the supervised loss and SimCLRv2's distillation loss
+(train.make_train_step combines them for each training mode).
 
 NT-Xent (SimCLR eq. 1): for a positive pair (i, j) of views of one image, with s = cosine similarity,
     l(i, j) = -log( exp(s(z_i, z_j) / t) / sum_{k != i} exp(s(z_i, z_k) / t) ),
@@ -9,15 +9,13 @@ the local images of l(view1 -> view2) + l(view2 -> view1).
 
 import tensorflow as tf
 
-import metrics as metrics_lib
-import model as model_lib
 
 # Subtracted from self-similarity logits so a view is never its own negative (exp(-1e9) == 0 in float32).
 LARGE_NUM = 1e9
 
 
 def _replica_info():
-  """(number of replicas in sync, this replica's id) of the current tf.distribute replica context."""
+  """(the current tf.distribute replica context, its number of replicas in sync)."""
   context = tf.distribute.get_replica_context()
   if context is None:
     raise ValueError('add_contrastive_loss must run in a replica context (inside strategy.run), not in '
@@ -25,22 +23,19 @@ def _replica_info():
   return context, context.num_replicas_in_sync
 
 
-def add_contrastive_loss(hidden, hidden_norm=True, temperature=1.0, strategy=None):
+def add_contrastive_loss(hidden, hidden_norm=True, temperature=1.0):
   """NT-Xent with negatives from every replica.
 
   Args:
     hidden: `[2N, d]` projection outputs of this replica, [view 1 of N images; view 2 of the same images].
     hidden_norm: L2-normalise `hidden` first (cosine similarity); the paper always does.
     temperature: the softmax temperature t.
-    strategy: unused; kept for the authors' signature. The replicas to gather negatives from are those of the
-      current replica context, so the function is correct whether or not a strategy is passed.
 
   Returns:
     `(loss, logits_ab, labels)`: the scalar loss of this replica's N pairs; `logits_ab` `[N, N_global]`, the
     view-1-to-view-2 logits; `labels` `[N, 2 * N_global]`, one-hot on each positive. Summing
     `loss / num_replicas` over replicas gives the loss of the whole global batch on one device.
   """
-  del strategy
   if temperature <= 0:
     raise ValueError(f'temperature must be > 0, got {temperature}.')
   hidden = tf.cast(hidden, tf.float32)  # Logits and softmax in float32, also under mixed precision.
@@ -87,67 +82,3 @@ def add_distillation_loss(teacher_logits, student_logits, temperature=1.0):
   teacher_probs = tf.nn.softmax(tf.cast(teacher_logits, tf.float32) / temperature)
   return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(
       teacher_probs, tf.cast(student_logits, tf.float32) / temperature))
-
-
-def make_train_step(cfg, model, optimizer, strategy, teacher=None):
-  """One SimCLR step on one replica (the paper's Algorithm 1, plus the online linear head), or one
-  fine-tuning / linear-evaluation / distillation step (`teacher(images) -> logits` for the latter).
-
-  `cfg` holds run.py's settings of the step: train_mode, hidden_norm, temperature, distill_temperature,
-  distill_alpha, weight_decay, optimizer (its name) and jit_compile.
-
-  Returns `train_step(images, one_hot_labels) -> {metric name: value}`, to be run with `strategy.run`.
-  With --jit_compile the forward and backward pass are one XLA computation; the update (which synchronizes
-  replicas through the optimizer) stays outside it.
-  """
-  supervised = model.supervised_head is not None
-
-  def forward_backward(images, labels):
-    with tf.GradientTape() as tape:
-      outputs = model(images, training=True)
-      loss = 0.0
-      values = {}
-      if cfg.train_mode == 'pretrain':
-        # NT-Xent on the projections of both views, negatives from every replica.
-        contrast_loss, logits_ab, labels_ab = add_contrastive_loss(
-            outputs['proj_head_output'], hidden_norm=cfg.hidden_norm, temperature=cfg.temperature)
-        loss += contrast_loss
-        values.update({'train/contrast_loss': contrast_loss,
-                       'train/contrast_acc': metrics_lib.contrastive_accuracy(logits_ab, labels_ab),
-                       'train/contrast_entropy': metrics_lib.contrastive_entropy(logits_ab)})
-        labels = tf.concat([labels, labels], 0)  # the linear head sees both views
-      supervised_weight = 1.0
-      if cfg.train_mode == 'distill':
-        # SimCLRv2 eq. 3: cross-entropy to the teacher's temperature-softened predictions.
-        teacher_logits = tf.stop_gradient(tf.cast(teacher(images), tf.float32))
-        distill_loss = add_distillation_loss(teacher_logits, outputs['logits_sup'],
-                                                     cfg.distill_temperature)
-        loss += distill_loss
-        values.update({'train/distill_loss': distill_loss,
-                       'train/teacher_agreement': metrics_lib.top_k_accuracy(
-                           tf.one_hot(tf.argmax(teacher_logits, 1), teacher_logits.shape[-1]),
-                           outputs['logits_sup'], 1)})
-        supervised_weight = cfg.distill_alpha
-      if supervised and supervised_weight:
-        supervised_loss = add_supervised_loss(labels, outputs['logits_sup'])
-        loss += supervised_weight * supervised_loss
-        values.update({'train/supervised_loss': supervised_loss,
-                       'train/supervised_acc': metrics_lib.top_k_accuracy(labels, outputs['logits_sup'], 1)})
-      weight_decay = model_lib.weight_decay_loss(model.trainable_variables, cfg.weight_decay, cfg.optimizer)
-      loss += weight_decay
-      values.update({'train/total_loss': loss, 'train/weight_decay': weight_decay})
-      # Gradients are summed over replicas, so each replica contributes its share of the mean; under
-      # mixed_float16 the loss is also scaled up (the optimizer scales the gradients back).
-      scaled_loss = optimizer.scale_loss(loss / strategy.num_replicas_in_sync)
-    return tape.gradient(scaled_loss, model.trainable_variables), values
-
-  if cfg.jit_compile:
-    forward_backward = tf.function(forward_backward, jit_compile=True)
-
-  def train_step(images, labels):
-    grads, values = forward_backward(images, labels)
-    # Fine-tuning from an early projection layer leaves the later ones without gradient: skip them.
-    optimizer.apply_gradients([(g, v) for g, v in zip(grads, model.trainable_variables) if g is not None])
-    return values
-
-  return train_step

@@ -21,27 +21,28 @@ import numpy as np
 import tensorflow as tf
 
 import run
+import train
 
 
 def main(argv):
   out_dir = argv[1]
   task = json.loads(os.environ['TF_CONFIG'])['task']['index']
   captured = {}
-  train = run.train
+  train_fn = train.train
 
   def capture_train(cfg, strategy, source, chief, *args):
-    model, step = train(cfg, strategy, source, chief, *args)
+    model, step = train_fn(cfg, strategy, source, chief, *args)
     captured.update(model=model, cfg=cfg, strategy=strategy, source=source)
     return model, step
 
-  run.train = capture_train
+  train.train = capture_train
   run.main(argv[:1])
   model, cfg, strategy, source = (captured[k] for k in ('model', 'cfg', 'strategy', 'source'))
   np.savez(os.path.join(out_dir, f'worker_{task}.npz'), *[v.numpy() for v in model.weights])
 
   contexts = []  # the input context the strategy gives this worker's dataset function
   strategy.distribute_datasets_from_function(lambda context: contexts.append(context) or tf.data.Dataset.range(1))
-  local = [ex['id'].numpy().decode() for ex in source.read(cfg.train_split, contexts[0], decode_images=False)]
+  local = [ex['id'].numpy().decode() for ex in source.read(cfg.data.train_split, contexts[0], decode_images=False)]
   with open(os.path.join(out_dir, f'ids_{task}.json'), 'w') as f:
     json.dump(local, f)
 

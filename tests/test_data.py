@@ -6,49 +6,14 @@ import os
 import time
 
 import numpy as np
-from PIL import Image
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import data
 import data_util
-
-
-@pytest.fixture(autouse=True)
-def _private_cache_home(tmp_path, monkeypatch):
-  """Image-folder caches go to the test's own directory, never to ~/.cache."""
-  monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'xdg_cache'))
-
-
-def _write(path, array, fmt=None):
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  Image.fromarray(array).save(path, format=fmt)
-
-
-def _age(root, when=1_600_000_000):
-  """Dates every file under `root` (or the file `root`) at `when` (s), long ago as a dataset's files are:
-  files modified within data.RACY_NS of a scan are checked again at the next start."""
-  paths = [os.path.join(d, f) for d, _, files in os.walk(root) for f in files] if os.path.isdir(root) else [root]
-  for path in paths:
-    os.utime(path, ns=(when * 10 ** 9,) * 2)
-
-
-@pytest.fixture
-def folder(tmp_path):
-  """train: cats (RGB PNG, grayscale PNG, RGBA PNG), dogs (JPEG, BMP, GIF); test: one of each; mixed sizes."""
-  rng = np.random.default_rng(0)
-  rgb = lambda h, w: rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-  root = tmp_path / 'images'
-  _write(str(root / 'train/cat/a.png'), rgb(40, 40))
-  _write(str(root / 'train/cat/b.png'), rng.integers(0, 256, (36, 44), dtype=np.uint8))  # grayscale
-  _write(str(root / 'train/cat/c.png'), rng.integers(0, 256, (40, 40, 4), dtype=np.uint8))  # RGBA
-  _write(str(root / 'train/dog/d.jpg'), rgb(50, 30))
-  _write(str(root / 'train/dog/e.bmp'), rgb(20, 20))  # smaller than the crop
-  _write(str(root / 'train/dog/f.gif'), rgb(40, 40)[..., 0])
-  _write(str(root / 'test/cat/g.png'), rgb(40, 40))
-  _write(str(root / 'test/dog/h.png'), rgb(40, 40))
-  return root
+import image_files
+import rundir
 
 
 def test_folder_source_metadata_and_channels(folder):
@@ -77,7 +42,7 @@ def test_folder_batches(folder, train_mode, channels):
 def test_unlabeled_split_pretrains(tmp_path):
   rng = np.random.default_rng(1)
   for i in range(3):
-    _write(str(tmp_path / f'unlabeled/{i}.png'), rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    image_files.write_image(str(tmp_path / f'unlabeled/{i}.png'), rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
   source = data.load_source(str(tmp_path))
   assert source.num_classes == 0 and source.image_shape == (32, 32, 3)
   images, labels = next(iter(data.build_dataset(source, 'unlabeled', 2, True, 'pretrain', 32)))
@@ -150,7 +115,7 @@ def test_embedded_dataset_batches_and_label_fraction(shapes_data_dir, tmp_path):
   ids = data.label_fraction_subset(source, 'train', 0.1, seed=0)
   assert len(ids) == 500 and ids == data.label_fraction_subset(source, 'train', 0.1, seed=0)
   assert ids != data.label_fraction_subset(source, 'train', 0.1, seed=1)
-  path = data.write_label_subset(str(tmp_path), ids, dataset=source.name, fraction=0.1, seed=0)
+  path = rundir.write_label_subset(str(tmp_path), ids, dataset=source.name, fraction=0.1, seed=0)
   assert json.load(open(path))['ids'] == ids
   ds = data.build_dataset(source, 'train', 50, True, 'finetune', 32, subset_ids=ids, shuffle_buffer=1000)
   counts = np.zeros(10)
@@ -215,132 +180,6 @@ def test_split_batch_gives_each_replica_its_contiguous_slice(two_replica_strateg
 # ----------------------------------------------------------------------------------------------- folder cache
 
 
-@pytest.fixture
-def checked_files(monkeypatch):
-  """The relative paths the image check decodes, start by start (a list per load_source)."""
-  starts = []
-  check = data._check_files
-
-  def counting(paths):
-    starts[-1] += [os.path.relpath(p, os.path.dirname(os.path.dirname(os.path.dirname(p)))) for p in paths]
-    return check(paths)
-
-  monkeypatch.setattr(data, '_check_files', counting)
-
-  def load(root, cache_dir, **kwargs):
-    starts.append([])
-    return data.load_source(str(root), cache_dir=str(cache_dir), **kwargs)
-
-  return starts, load
-
-
-def _metadata(source):
-  labels = {ex['id'].decode(): int(ex['label']) for ex in source.read('train', decode_images=False)
-            .as_numpy_iterator()}
-  return source.class_names, source.split_sizes, source.image_shape, labels
-
-
-def test_second_start_on_an_unchanged_folder_decodes_nothing(folder, tmp_path, checked_files, caplog):
-  starts, load = checked_files
-  _age(folder)
-  first = load(folder, tmp_path / 'cache')
-  with caplog.at_level(logging.INFO):
-    second = load(folder, tmp_path / 'cache')
-  assert len(starts[0]) == 8 and starts[1] == []
-  assert '0 files checked, 8 verdicts from the cache' in caplog.text
-  assert _metadata(second) == _metadata(first)
-  assert len(os.listdir(tmp_path / 'cache')) == 1  # one file per folder, named by a hash of its path
-
-
-def test_added_removed_and_changed_files_are_noticed(tmp_path, checked_files, caplog):
-  starts, load = checked_files
-  rng = np.random.default_rng(2)
-  root, cache = tmp_path / 'images', tmp_path / 'cache'
-  for name in 'abc':
-    _write(str(root / f'train/cat/{name}.png'), rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
-  _age(root)
-  assert load(root, cache).image_shape == (16, 16, 3)
-  _write(str(root / 'train/dog/d.jpg'), rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))  # added
-  _age(root)
-  source = load(root, cache)
-  assert starts[-1] == ['train/dog/d.jpg']
-  assert source.split_sizes == {'train': 4} and source.class_names == ('cat', 'dog')
-  _write(str(root / 'train/cat/a.png'), rng.integers(0, 256, (20, 24, 3), dtype=np.uint8))  # other size
-  _age(root)
-  source = load(root, cache)
-  assert starts[-1] == ['train/cat/a.png'] and source.image_shape is None
-  os.remove(root / 'train/dog/d.jpg')  # removed, and its class with it: nothing is decoded
-  os.rmdir(root / 'train/dog')
-  source = load(root, cache)
-  assert starts[-1] == [] and source.split_sizes == {'train': 3} and source.class_names == ('cat',)
-  # Same size, other bytes, other (old) mtime: noticed by the mtime alone.
-  length = os.path.getsize(root / 'train/cat/b.png')
-  (root / 'train/cat/b.png').write_bytes(b'\x89PNG\r\n\x1a\n' + b'\0' * (length - 8))
-  _age(root / 'train/cat/b.png', when=1_500_000_000)
-  assert os.path.getsize(root / 'train/cat/b.png') == length
-  with caplog.at_level(logging.WARNING):
-    source = load(root, cache)
-  assert starts[-1] == ['train/cat/b.png']
-  assert source.split_sizes == {'train': 2} and 'Skipping 1 corrupt' in caplog.text and 'b.png' in caplog.text
-  assert load(root, cache).split_sizes == {'train': 2} and starts[-1] == []  # the verdict is cached too
-
-
-def test_cached_corrupt_verdicts_are_still_counted_and_named(folder, tmp_path, checked_files, caplog):
-  starts, load = checked_files
-  (folder / 'train/cat/broken.png').write_bytes(b'\x89PNG\r\n\x1a\nnot really a png')
-  _age(folder)
-  load(folder, tmp_path / 'cache')
-  with caplog.at_level(logging.WARNING):
-    source = load(folder, tmp_path / 'cache')
-  assert starts[1] == [] and source.split_sizes['train'] == 6
-  assert 'Skipping 1 corrupt' in caplog.text and 'broken.png' in caplog.text
-  with pytest.raises(data.DataError, match='broken.png'):
-    load(folder, tmp_path / 'cache', strict_images=True)
-  assert starts[2] == []
-
-
-def test_files_modified_just_before_a_start_are_checked_again(folder, tmp_path, checked_files):
-  # Not aged: a rewrite within the filesystem's timestamp granularity could keep size and mtime.
-  starts, load = checked_files
-  load(folder, tmp_path / 'cache')
-  load(folder, tmp_path / 'cache')
-  assert len(starts[0]) == len(starts[1]) == 8
-
-
-def test_unwritable_cache_only_warns(folder, tmp_path, checked_files, caplog):
-  starts, load = checked_files
-  (tmp_path / 'not_a_dir').write_text('')  # makedirs fails here even for root, unlike a read-only folder
-  _age(folder)
-  for _ in range(2):
-    with caplog.at_level(logging.WARNING):
-      source = load(folder, tmp_path / 'not_a_dir' / 'cache')
-    assert source.split_sizes == {'train': 6, 'test': 2}
-  assert len(starts[1]) == 8
-  assert caplog.text.count('Cannot write the image-folder cache') == 2  # one warning per start
-
-
-def test_cache_lives_under_xdg_cache_home(folder, tmp_path, monkeypatch):
-  _age(folder)
-  data.load_source(str(folder))
-  assert len(os.listdir(tmp_path / 'xdg_cache/simclr_tf2/image_folders')) == 1
-  monkeypatch.setenv('XDG_CACHE_HOME', 'relative/path')  # ignored, as the XDG spec says
-  monkeypatch.setenv('HOME', str(tmp_path / 'home'))
-  assert data.default_cache_dir() == str(tmp_path / 'home/.cache/simclr_tf2/image_folders')
-
-
-def test_damaged_cache_is_ignored(folder, tmp_path, checked_files):
-  starts, load = checked_files
-  _age(folder)
-  load(folder, tmp_path / 'cache')
-  (cache_file,) = (tmp_path / 'cache').iterdir()
-  cache_file.write_text('{"version": 1, "root": ')
-  assert load(folder, tmp_path / 'cache').split_sizes == {'train': 6, 'test': 2}
-  assert len(starts[1]) == 8 and json.loads(cache_file.read_text())['version'] == data.CACHE_VERSION
-
-
-# ----------------------------------------------------------------------------------------------- encoded reads
-
-
 def test_encoded_reads_give_the_files_bytes(folder):
   source = data.load_source(str(folder))
   for ex in source.read('train', encoded=True).as_numpy_iterator():
@@ -351,7 +190,8 @@ def test_encoded_reads_give_the_files_bytes(folder):
 def test_jpeg_training_crops_decode_only_their_windows(folder, monkeypatch):
   traced = []
   crop = data_util.decode_and_random_crop
-  monkeypatch.setattr(data_util, 'decode_and_random_crop', lambda *args: traced.append(args[1:]) or crop(*args))
+  monkeypatch.setattr(data_util, 'decode_and_random_crop',
+                      lambda *args, **kwargs: traced.append(args[1:]) or crop(*args, **kwargs))
   source = data.load_source(str(folder))
   for train_mode, views in (('pretrain', 2), ('finetune', 1)):
     images, _ = next(iter(data.build_dataset(source, 'train', 6, True, train_mode, 24, shuffle_buffer=6)))
@@ -370,7 +210,7 @@ def class_sorted_folder(tmp_path):
   for split, counts in (('train', (12, 8, 6, 4)), ('test', (3, 3, 3, 3))):
     for c, count in enumerate(counts):
       for i in range(count):
-        _write(str(root / split / f'class_{c}' / f'{i:02d}.png'), rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+        image_files.write_image(str(root / split / f'class_{c}' / f'{i:02d}.png'), rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
   return root
 
 

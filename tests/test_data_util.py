@@ -60,7 +60,7 @@ def _constant_images(n, size=8, seed=0):
 
 def test_color_jitter_probability_and_range():
   images = _constant_images(4000)
-  jittered = data_util.color_jitter(images, strength=1.0, p=0.8).numpy()
+  jittered = data_util.random_color_distortion(images, 1.0, jitter_p=0.8, gray_p=0.0).numpy()
   changed = np.abs(jittered - images.numpy()).max(axis=(1, 2, 3)) > 1e-6
   assert abs(changed.mean() - 0.8) < 0.025
   assert jittered.min() >= 0.0 and jittered.max() <= 1.0
@@ -82,7 +82,7 @@ def test_color_jitter_applies_each_op_once_in_random_order():
   # Orders are per image: with two ops that do not commute under clipping (brightness x1.8 then contrast,
   # or contrast then brightness), a batch of identical images yields more than two distinct results.
   same = tf.constant(np.tile(np.linspace(0.1, 0.9, 25, dtype=np.float32).reshape(1, 5, 5, 1), (200, 1, 1, 3)))
-  out = data_util.color_jitter(same, strength=1.0, p=1.0).numpy()
+  out = data_util.random_color_distortion(same, 1.0, jitter_p=1.0, gray_p=0.0).numpy()
   assert len({np.round(o, 4).tobytes() for o in out}) > 150
 
 
@@ -118,7 +118,7 @@ def test_color_distortion_equals_tf_image_ops_in_each_images_order(jit_compile):
 
 def test_grayscale_probability():
   images = _constant_images(4000)
-  out = data_util.random_grayscale(images, p=0.2).numpy()
+  out = data_util.random_color_distortion(images, jitter_p=0.0, gray_p=0.2).numpy()
   gray = np.all(np.abs(out[..., 0] - out[..., 1]) < 1e-6, axis=(1, 2)) & np.all(
       np.abs(out[..., 1] - out[..., 2]) < 1e-6, axis=(1, 2))
   assert abs(gray.mean() - 0.2) < 0.02
@@ -192,7 +192,7 @@ def test_eval_is_deterministic_and_centre_crops():
 def test_finetune_augmentation_only_crops_and_flips(color_distort):
   # A constant-colour image keeps its colour under crop+flip; colour distortion changes most of them.
   images = tf.cast(_constant_images(200) * 255, tf.uint8)
-  out = data_util.preprocess_for_train(images, 8, 8, color_distort=color_distort).numpy()
+  out = data_util.random_photometric(data_util.random_geometry(images, 8, 8), color_distort=color_distort).numpy()
   source = tf.image.convert_image_dtype(images, tf.float32).numpy()
   unchanged = np.abs(out - source).max(axis=(1, 2, 3)) < 1e-6
   if color_distort:

@@ -66,7 +66,7 @@ def test_matches_numpy_reference_with_excluded_bias(classic, nesterov, compiled)
     opt.apply_gradients([(kernel_grad, dense.kernel), (bias_grad, dense.bias)])
 
   if compiled:
-    opt.build([dense.kernel, dense.bias])  # variables must exist before tracing (see KERAS3_NOTES)
+    opt.build([dense.kernel, dense.bias])  # variables must exist before tracing (a lazy build inside a tf.function fails)
     apply = tf.function(apply)
   for step_grads in grads:
     apply(tf.constant(step_grads['kernel']), tf.constant(step_grads['bias']))

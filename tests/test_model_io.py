@@ -1,46 +1,19 @@
 """model_io: the authors' SavedModels and training checkpoints (../shared/fixtures/authors_tf2, written by their
 own tf2 code) and this project's files, read into this project's model exactly; exports for TF Hub and Keras 3."""
 
-import json
 import logging
 import os
-import shutil
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import architecture
 import model as model_lib
 import model_io
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIXTURES = os.path.join(ROOT, '..', 'shared', 'fixtures', 'authors_tf2')
-FIXTURE_NAMES = ('r18_cifar_pretrain', 'r50_sk0_finetune', 'r50_sk1_pretrain')
-
-
-def build(arch, train_mode=None, image_size=None):
-  """This project's model for an Architecture, with its heads where the file has them."""
-  if train_mode is None:
-    train_mode = 'finetune' if arch.num_classes is not None else 'pretrain'
-  net = model_lib.SimCLRModel(
-      arch.num_classes or 1, resnet_depth=arch.resnet_depth, width_multiplier=arch.width_multiplier,
-      cifar_stem=arch.cifar_stem, sk_ratio=arch.sk_ratio, se_ratio=arch.se_ratio, global_bn=False,
-      proj_head_mode=arch.proj_head_mode, proj_out_dim=arch.proj_out_dim, num_proj_layers=arch.num_proj_layers,
-      ft_proj_selector=arch.ft_proj_selector, train_mode=train_mode,
-      lineareval_while_pretraining=arch.num_classes is not None,
-      linear_eval_endpoint=arch.linear_eval_endpoint or 'final_avg_pool')
-  size = image_size or (32 if arch.cifar_stem else 64)
-  net(tf.zeros([1, size, size, 6 if train_mode == 'pretrain' else 3]), training=False)
-  return net
-
-
-def fixture(name):
-  folder = os.path.join(FIXTURES, name)
-  assert os.path.isdir(folder), f'the fixtures of the authors\' code are missing: {folder}'
-  with open(os.path.join(folder, 'flags.json')) as f:
-    flags = json.load(f)
-  return folder, flags, np.load(os.path.join(folder, 'inputs.npy')), dict(np.load(os.path.join(folder, 'expected.npz')))
+import rundir
+from model_files import FIXTURE_NAMES, build, fixture, save_run, write_from_keys
 
 
 @pytest.mark.parametrize('fmt', ['ckpt', 'saved_model'])
@@ -49,7 +22,7 @@ def test_authors_models_import_exactly(name, fmt):
   """Every endpoint of the authors' model for inputs.npy, from the imported weights, to 1e-4 of its largest value;
   the network read from the file is the one their flags.json says it was built with."""
   folder, flags, inputs, expected = fixture(name)
-  file = model_io.inspect(os.path.join(folder, fmt))
+  file = architecture.inspect(os.path.join(folder, fmt))
   arch = file.architecture
   assert file.authors and file.kind == {'ckpt': 'training checkpoint', 'saved_model': 'SavedModel'}[fmt]
   assert file.step == 0
@@ -67,136 +40,36 @@ def test_authors_models_import_exactly(name, fmt):
     assert difference < 1e-4, (key, difference)
 
 
-def test_a_checkpoint_folder_and_its_prefix_are_the_same_file():
-  folder = os.path.join(FIXTURES, 'r18_cifar_pretrain')
-  by_folder = model_io.inspect(os.path.join(folder, 'ckpt'))
-  by_prefix = model_io.inspect(os.path.join(folder, 'ckpt', 'ckpt-1'))
-  assert by_folder.prefix == by_prefix.prefix and by_folder.architecture == by_prefix.architecture
-  assert model_io.inspect(folder).kind == 'SavedModel'  # the folder holding saved_model/
 
 
-def test_the_fine_tuned_head_position_comes_from_the_savedmodel_not_from_flags(tmp_path):
-  """SavedModel: found by running it (no flags.json near the copy); checkpoint: from the run's flags.json."""
-  folder = os.path.join(FIXTURES, 'r50_sk0_finetune')
-  copy = tmp_path / 'copy'
-  for sub in ('saved_model', 'ckpt'):
-    tf.io.gfile.makedirs(str(copy / sub))
-    for path in tf.io.gfile.glob(os.path.join(folder, sub, '*')):
-      if tf.io.gfile.isdir(path):
-        tf.io.gfile.makedirs(str(copy / sub / os.path.basename(path)))
-        for inner in tf.io.gfile.glob(os.path.join(path, '*')):
-          tf.io.gfile.copy(inner, str(copy / sub / os.path.basename(path) / os.path.basename(inner)))
-      else:
-        tf.io.gfile.copy(path, str(copy / sub / os.path.basename(path)))
-  assert model_io.inspect(str(copy / 'saved_model')).architecture.ft_proj_selector == 1
-  assert model_io.inspect(str(copy / 'ckpt')).architecture.ft_proj_selector == 0  # ambiguous, no flags: 0
-  (copy / 'flags.json').write_text(json.dumps({'ft_proj_selector': 1, 'train_mode': 'finetune'}))
-  assert model_io.inspect(str(copy / 'ckpt')).architecture.ft_proj_selector == 1
 
-
-def _save_run(net, folder, step, flags=None):
-  """`net` as a training checkpoint of step `step` in `folder` (with a flags.json if given)."""
-  optimizer = keras.optimizers.SGD(0.1)
-  optimizer.build(net.trainable_variables)
-  optimizer.iterations.assign(step)
-  manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=net, optimizer=optimizer), str(folder),
-                                       max_to_keep=2, checkpoint_name='ckpt', step_counter=optimizer.iterations)
-  manager.save(checkpoint_number=step)
-  if flags is not None:
-    (folder / 'flags.json').write_text(json.dumps(flags))
-
-
-def test_the_authors_selector_minus_one_is_the_heads_last_layer(tmp_path):
-  """Their flags.json may say ft_proj_selector=-1 ("the final layer"); every projection layer of ResNet-18 x0.25
-  with a 128-d output has the head's input width, so only the flags tell where it reads."""
-  keras.utils.set_random_seed(2)
-  net = model_lib.SimCLRModel(5, resnet_depth=18, width_multiplier=0.25, cifar_stem=True, global_bn=False,
-                              train_mode='finetune', ft_proj_selector=-1)
-  net(tf.zeros([1, 32, 32, 3]), training=False)
-  assert net._projection_head.ft_proj_selector == 3
-  _save_run(net, tmp_path / 'run', 7, {'ft_proj_selector': -1, 'train_mode': 'finetune'})
-  arch = model_io.inspect(str(tmp_path / 'run')).architecture
-  assert (arch.ft_proj_selector, arch.num_proj_layers) == (3, 3)
-  assert arch.head_fits(5, 'finetune', -1, 'final_avg_pool') and not arch.head_fits(5, 'finetune', 0, None)
-
-
-def test_a_checkpoint_folder_copied_from_elsewhere_is_read_from_where_it_is(tmp_path):
-  """Its `checkpoint` file names absolute paths where it was written (gone, or still there); or it has none."""
-  net = model_lib.SimCLRModel(3, resnet_depth=18, width_multiplier=0.125, cifar_stem=True, global_bn=False,
-                              train_mode='finetune')
-  net(tf.zeros([1, 32, 32, 3]), training=False)
-  original, folder = tmp_path / 'original', tmp_path / 'copy'
-  _save_run(net, original, 9)
-  shutil.copytree(original, folder)
-  for written_at in (original, '/elsewhere/run'):
-    (folder / 'checkpoint').write_text(f'model_checkpoint_path: "{written_at}/ckpt-9"\n')
-    assert model_io.inspect(str(folder)).prefix == str(folder / 'ckpt-9')
-  (folder / 'checkpoint').unlink()
-  file = model_io.inspect(str(folder))
-  assert (file.prefix, file.step, file.architecture.width_multiplier) == (str(folder / 'ckpt-9'), 9, 0.125)
-
-
-def test_contradictions_name_the_flag_and_both_values():
-  arch = model_io.inspect(os.path.join(FIXTURES, 'r50_sk1_pretrain', 'ckpt')).architecture
-  assert arch.contradictions({'resnet_depth': 50, 'width_multiplier': 0.125, 'sk_ratio': 0.0625}) == []
-  assert arch.contradictions({'resnet_depth': 18}) == [('resnet_depth', 18, 50)]
-  assert arch.contradictions({'width_multiplier': 0.13}) == [('width_multiplier', 0.13, 0.125)]  # 66 vs 64 channels
-  assert arch.contradictions({'width_multiplier': 0.1252}) == []  # the same channels: the same network
-  assert arch.contradictions({'sk_ratio': 0.0}) == [('sk_ratio', 0.0, 0.0625)]
-  assert arch.contradictions({'sk_ratio': 0.1}) == []  # the same attention widths (32) at this width
-  assert arch.contradictions({'proj_head_mode': 'linear'}) == [('proj_head_mode', 'linear', 'nonlinear')]
-  assert arch.contradictions({'num_proj_layers': 2}) == [('num_proj_layers', 2, 3)]
-  assert arch.contradictions({'proj_head_mode': 'linear', 'num_proj_layers': 1})[0][0] == 'proj_head_mode'
-  assert arch.contradictions({'cifar_stem': True}) == [('cifar_stem', True, False)]
-  assert arch.contradictions({'learning_rate': 0.1}) == []  # not a model flag
-
-
-def _write_from_keys(variables, path, root_extra=None):
-  """A TF2 checkpoint whose object graph is `model/<structural key>` for each {key: variable} (lists as ListWrapper
-  items, as the authors' code makes them)."""
-  tree = {}
-  for key, variable in variables.items():
-    node = tree
-    for part in key.split('/')[:-1]:
-      node = node.setdefault(part, {})
-    node[key.split('/')[-1]] = tf.Variable(variable)
-
-  def trackable(node):
-    if all(k.isdigit() for k in node):
-      return [trackable(node[k]) if isinstance(node[k], dict) else node[k] for k in sorted(node, key=int)]
-    obj = tf.Module()
-    for k, v in node.items():
-      setattr(obj, k, trackable(v) if isinstance(v, dict) else v)
-    return obj
-
-  return tf.train.Checkpoint(model=trackable(tree), **(root_extra or {})).write(path)
 
 
 def test_partial_or_foreign_files_stop_with_one_line_and_change_nothing(tmp_path):
   folder, _, inputs, _ = fixture('r18_cifar_pretrain')
-  file = model_io.inspect(os.path.join(folder, 'saved_model'))
+  file = architecture.inspect(os.path.join(folder, 'saved_model'))
   net = build(file.architecture)
-  variables = {key: v.numpy() for key, v in model_io.model_variables(net).items()}
+  variables = {key: v.numpy() for key, v in architecture.model_variables(net).items()}
   before = [v.numpy().copy() for v in net.variables]
 
   # A block without its second BatchNorm's moving variance: the model has a variable the file does not.
   partial = {k: v for k, v in variables.items()
              if k != 'resnet_model/block_groups/1/layers/0/conv2d_bn_layers/3/bn/moving_variance'}
-  prefix = _write_from_keys(partial, str(tmp_path / 'partial' / 'ckpt-1'))
-  partial_file = model_io.inspect(prefix)
-  with pytest.raises(model_io.ModelFileError, match='does not fit the model') as error:
+  prefix = write_from_keys(partial, str(tmp_path / 'partial' / 'ckpt-1'))
+  partial_file = architecture.inspect(prefix)
+  with pytest.raises(architecture.ModelFileError, match='does not fit the model') as error:
     model_io.restore(net, partial_file)
   assert '\n' not in str(error.value) and 'moving_variance' in str(error.value)
   for a, b in zip(before, net.variables):
     np.testing.assert_array_equal(a, b.numpy())
 
   # The same, complete, restores (so the writer above is faithful).
-  model_io.restore(net, model_io.inspect(_write_from_keys(variables, str(tmp_path / 'whole' / 'ckpt-1'))))
+  model_io.restore(net, architecture.inspect(write_from_keys(variables, str(tmp_path / 'whole' / 'ckpt-1'))))
 
   # Three block groups: not a ResNet.
   three = {k: v for k, v in variables.items() if not k.startswith('resnet_model/block_groups/3/')}
-  with pytest.raises(model_io.ModelFileError, match='not a SimCLR model this project can build'):
-    model_io.inspect(_write_from_keys(three, str(tmp_path / 'three' / 'ckpt-1')))
+  with pytest.raises(architecture.ModelFileError, match='not a SimCLR model this project can build'):
+    architecture.inspect(write_from_keys(three, str(tmp_path / 'three' / 'ckpt-1')))
 
   # Not a SimCLR model at all, a folder without a model, a path that does not exist, a file that is no checkpoint.
   dense = keras.layers.Dense(3)
@@ -210,18 +83,10 @@ def test_partial_or_foreign_files_stop_with_one_line_and_change_nothing(tmp_path
                         (str(tmp_path / 'text'), 'not a readable TF2 checkpoint'),
                         (str(tmp_path / 'notes.txt'), 'is a file, not a checkpoint prefix'),
                         (foreign + '.index', f'is one file of the checkpoint {foreign}: pass that prefix')):
-    with pytest.raises(model_io.ModelFileError, match=message) as error:
-      model_io.inspect(path)
+    with pytest.raises(architecture.ModelFileError, match=message) as error:
+      architecture.inspect(path)
     assert '\n' not in str(error.value) and str(error.value).startswith(path)
 
-
-def test_strays_outside_the_known_layers_are_refused(tmp_path):
-  folder, _, _, _ = fixture('r18_cifar_pretrain')
-  net = build(model_io.inspect(os.path.join(folder, 'ckpt')).architecture)
-  variables = {key: v.numpy() for key, v in model_io.model_variables(net).items()}
-  variables['resnet_model/block_groups/0/layers/0/dropblock/kernel'] = np.zeros([3])  # a layer we do not know
-  with pytest.raises(model_io.ModelFileError, match='outside its known layers'):
-    model_io.inspect(_write_from_keys(variables, str(tmp_path / 'stray' / 'ckpt-1')))
 
 
 @pytest.mark.parametrize('kwargs', [
@@ -245,10 +110,10 @@ def test_this_projects_checkpoints_and_exports_read_back(tmp_path, kwargs):
     v.assign(tf.random.stateless_normal(v.shape, seed=[len(v.path), 5], stddev=0.2) + (
         1.5 if 'moving_variance' in v.path else 0.0))
   expected = net(images, training=False)
-  _save_run(net, tmp_path / 'run', 12, {'ft_proj_selector': kwargs.get('ft_proj_selector', 0), 'train_mode': 'finetune'})
-  exported = model_io.export(net, str(tmp_path / 'run' / 'saved_model'), 12)
+  save_run(net, tmp_path / 'run', 12, {'ft_proj_selector': kwargs.get('ft_proj_selector', 0), 'train_mode': 'finetune'})
+  exported = model_io.export(net, str(tmp_path / 'run'), 12)
   for path in (str(tmp_path / 'run'), exported):
-    file = model_io.inspect(path)
+    file = architecture.inspect(path)
     assert not file.authors and file.step == 12
     arch = file.architecture
     for name, value in kwargs.items():
@@ -267,7 +132,7 @@ def test_a_linear_eval_head_on_an_earlier_block_is_found_in_the_export(tmp_path)
   net(tf.zeros([1, 32, 32, 3]), training=False)
   for v in net.supervised_head.variables:
     v.assign(tf.random.stateless_normal(v.shape, seed=[1, 2]))
-  file = model_io.inspect(model_io.export(net, str(tmp_path / 'saved_model'), 3))
+  file = architecture.inspect(model_io.export(net, str(tmp_path), 3))
   assert (file.architecture.linear_eval_endpoint, file.architecture.num_classes) == ('block_group3', 4)
 
 
@@ -278,7 +143,7 @@ def test_export_takes_float32_float64_and_uint8_and_serves_keras_3(tmp_path):
   floats = pixels.astype(np.float32) / 255.0
   net(floats, training=False)
   expected = net(floats, training=False)
-  path = model_io.export(net, str(tmp_path / 'saved_model'), 0)
+  path = model_io.export(net, str(tmp_path), 0)
   loaded = tf.saved_model.load(path)
   for images in (floats, floats.astype(np.float64), pixels):
     outputs = loaded(images, trainable=False)
@@ -305,7 +170,7 @@ def test_export_is_a_reusable_savedmodel_for_tf_hub(tmp_path):
   net(tf.zeros([1, 16, 16, 3]), training=False)
   for v in net.trainable_variables:  # no zero-initialised gammas: every layer gets a gradient
     v.assign(tf.random.stateless_normal(v.shape, seed=[len(v.path), 7], mean=0.5, stddev=0.2))
-  path = model_io.export(net, str(tmp_path / 'saved_model'), 0)
+  path = model_io.export(net, str(tmp_path), 0)
   layer = hub.KerasLayer(path, trainable=True, arguments={'trainable': False}, output_key='final_avg_pool')
   outer = tf_keras.Sequential([layer, tf_keras.layers.Dense(2)])
   images = tf.random.stateless_uniform([4, 16, 16, 3], seed=[5, 6])
@@ -340,7 +205,7 @@ def _save_two_checkpoints(tmp_path):
 
 def test_a_truncated_latest_checkpoint_is_skipped_and_none_readable_is_an_error(tmp_path, caplog):
   net, checkpoint, step = _save_two_checkpoints(tmp_path)
-  assert [os.path.basename(p) for p in model_io.checkpoint_paths(str(tmp_path))] == ['ckpt-4', 'ckpt-8']
+  assert [os.path.basename(p) for p in rundir.checkpoint_paths(str(tmp_path))] == ['ckpt-4', 'ckpt-8']
   for number in (8, 4):
     data = tf.io.gfile.glob(str(tmp_path / f'ckpt-{number}.data-*'))[0]
     with open(data, 'r+b') as f:
@@ -351,7 +216,7 @@ def test_a_truncated_latest_checkpoint_is_skipped_and_none_readable_is_an_error(
       assert restored.endswith('ckpt-4') and int(step.numpy()) == 4
       assert np.all(net.supervised_head.variables[0].numpy() == 1.0)
       assert 'ckpt-8' in caplog.text and 'cannot be read' in caplog.text
-  with pytest.raises(model_io.ModelFileError, match='None of the 2 checkpoint'):
+  with pytest.raises(architecture.ModelFileError, match='None of the 2 checkpoint'):
     model_io.restore_latest(checkpoint, str(tmp_path))
   assert model_io.restore_latest(checkpoint, str(tmp_path / 'none')) is None
 
@@ -383,14 +248,3 @@ def test_read_training_checkpoint_gives_the_global_step(tmp_path, precision):
   assert model_io.read_training_checkpoint(restored, path) is None
 
 
-def test_a_files_head_is_kept_only_where_it_fits():
-  arch = model_io.inspect(os.path.join(FIXTURES, 'r50_sk0_finetune', 'ckpt')).architecture  # 10 classes, layer 1
-  assert arch.head_fits(10, 'finetune', 1, 'final_avg_pool')
-  assert not arch.head_fits(10, 'finetune', 0, 'final_avg_pool')  # another input layer
-  assert not arch.head_fits(3, 'finetune', 1, 'final_avg_pool')  # another number of classes
-  assert not arch.head_fits(10, 'linear_eval', 1, 'final_avg_pool')  # linear evaluation reads the encoder
-  pretrained = model_io.inspect(os.path.join(FIXTURES, 'r18_cifar_pretrain', 'ckpt')).architecture
-  assert pretrained.head_fits(10, 'linear_eval', 0, 'final_avg_pool')
-  assert not pretrained.head_fits(10, 'linear_eval', 0, 'block_group3')
-  assert arch.as_is_flags() == dict(arch.model_flags(), fine_tune_after_block=-1, zero_init_logits_layer=False,
-                                    train_mode='finetune', ft_proj_selector=1)

@@ -1,7 +1,6 @@
 """run.py end to end, as a user runs it (subprocesses, tiny settings), and its flag validation."""
 
 import copy
-import dataclasses
 import glob
 import json
 import os
@@ -19,11 +18,16 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
+import architecture
+import config as config_lib
+import data
+import evaluation
 import model as model_lib
 import model_io
-import objective as obj_lib
 import run
+import rundir
 import runtime
+import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AUTHORS = os.path.join(ROOT, '..', 'shared', 'fixtures', 'authors_tf2')  # written by the authors' own tf2 code
@@ -235,9 +239,9 @@ def test_resume_skips_a_truncated_latest_checkpoint_and_keeps_the_schedule(pretr
 def test_distillation_step_teaches_the_student_the_teachers_rule():
   """A student trained only on a teacher's soft predictions (no labels) learns its rule: here, whether an
   image is brighter than average. Chance agreement is 0.5."""
-  cfg = run.Config.defaults(train_mode='distill', width_multiplier=0.125, image_size=16, train_batch_size=32,
-                            train_steps=60, warmup_epochs=0, optimizer='momentum', learning_rate=0.5,
-                            weight_decay=0.0)
+  cfg = config_lib.Config.defaults(train_mode='distill', width_multiplier=0.125, image_size=16, train_batch_size=32,
+                                   train_steps=60, warmup_epochs=0, optimizer='momentum', learning_rate=0.5,
+                                   weight_decay=0.0)
   teacher = lambda images: tf.stack([tf.zeros([tf.shape(images)[0]]),
                                      40.0 * (tf.reduce_mean(images, [1, 2, 3]) - 0.25)], axis=1)
 
@@ -248,10 +252,10 @@ def test_distillation_step_teaches_the_student_the_teachers_rule():
 
   strategy = tf.distribute.get_strategy()
   keras.utils.set_random_seed(0)
-  student, optimizer, _ = run.build_training(cfg, strategy, num_classes=2, num_examples=1000)
-  step = tf.function(obj_lib.make_train_step(cfg, student, optimizer, strategy, teacher))
+  student, optimizer, _ = train.build_training(cfg, strategy, num_classes=2, num_examples=1000)
+  step = tf.function(train.make_train_step(cfg.optim, 'distill', student, optimizer, strategy, teacher))
   no_labels = tf.zeros([32, 2])
-  losses = [float(step(batch(i), no_labels)['train/distill_loss']) for i in range(cfg.train_steps)]
+  losses = [float(step(batch(i), no_labels)['train/distill_loss']) for i in range(cfg.optim.train_steps)]
   test = batch(10_000)
   agreement = np.mean(np.argmax(student(test, training=False)['logits_sup'], 1) == np.argmax(teacher(test), 1))
   assert agreement > 0.85, (agreement, losses[::10])
@@ -270,69 +274,33 @@ def test_recipes_name_real_flags_with_valid_values(path):
         flag = copy.deepcopy(run.FLAGS[name])  # KeyError: a flag that does not exist
         flag.parse(value)
         values[name] = flag.value
-  cfg = run.Config.defaults(**values)
-  if cfg.train_mode in run.LABELED_MODES:  # their --checkpoint is a run of the user's
-    cfg = dataclasses.replace(cfg, checkpoint=None, random_init=True)
-  run.validate(cfg, num_replicas=8)
+  cfg = config_lib.Config.defaults(**values)
+  if cfg.run.train_mode in config_lib.LABELED_MODES:  # their --checkpoint is a run of the user's
+    cfg = cfg.replace(checkpoint=None, random_init=True)
+  config_lib.validate(cfg, num_replicas=8)
 
 
 def config(**overrides):
-  defaults = {field.name: run.FLAGS[field.name].default for field in dataclasses.fields(run.Config)}
-  return run.Config(**{**defaults, **overrides})
+  return config_lib.Config.defaults(**overrides)
 
 
-@pytest.mark.parametrize('overrides, replicas, message', [
-    (dict(train_mode='finetune', model_dir='/nonexistent'), 1, '--train_mode=finetune needs --checkpoint'),
-    (dict(lineareval_while_pretraining=False), 1, 'nothing to evaluate'),
-    (dict(train_batch_size=16), 3, 'not divisible by the 3 replicas'),
-    (dict(fine_tune_after_block=2), 1, '--fine_tune_after_block'),
-    (dict(label_fraction=0.1), 1, '--label_fraction applies to --train_mode=finetune'),
-    (dict(label_fraction=1.5, train_mode='finetune', random_init=True), 1, 'label_fraction must be in'),
-    (dict(mode='eval', model_dir='/nonexistent'), 1, 'found no checkpoint'),
-    (dict(train_mode='finetune', checkpoint='x', random_init=True), 1, 'exclusive'),
-    (dict(temperature=0.0), 1, '--temperature'),
-    (dict(jit_compile=True), 2, '--jit_compile needs one replica'),
-    (dict(train_mode='linear_eval', model_dir='/nonexistent'), 1, '--train_mode=linear_eval needs --checkpoint'),
-    (dict(train_mode='linear_eval', random_init=True, fine_tune_after_block=2), 1, 'freezes the whole encoder'),
-    (dict(train_mode='distill'), 1, '--train_mode=distill needs --teacher'),
-    (dict(teacher='/tmp'), 1, '--teacher applies to --train_mode=distill only'),
-    (dict(train_mode='distill', teacher='/tmp', distill_temperature=0), 1, '--distill_temperature'),
-    (dict(train_mode='finetune', random_init=True, knn_eval_steps=5), 1, '--knn_eval_steps monitors'),
-    (dict(mode='embed_plot', model_dir='/nonexistent'), 1, '--mode=embed_plot needs a checkpoint'),
-    (dict(mode='export', model_dir='/nonexistent'), 1, '--mode=export needs a checkpoint'),
-    (dict(resnet_depth=19), 1, '--resnet_depth must be one of 18, 34, 50, 101, 152, 200, got 19'),
-    (dict(width_multiplier=0.0), 1, '--width_multiplier must be > 0'),
-    (dict(width_multiplier=0.01), 1, 'leave at least 2 stem channels'),
-    (dict(sk_ratio=-0.1), 1, '--sk_ratio must be in'),
-    (dict(se_ratio=2.0), 1, '--se_ratio must be in'),
-    (dict(proj_out_dim=0), 1, '--proj_out_dim must be >= 1'),
-    (dict(num_proj_layers=0), 1, '--num_proj_layers must be >= 1'),
-    (dict(ft_proj_selector=4), 1, '--ft_proj_selector must be in 0..3'),
-    (dict(ft_proj_selector=-5), 1, r'--ft_proj_selector must be in 0..3 \(or -1 for the last\)'),
-    (dict(resnet_depth=50, width_multiplier=0.1, sk_ratio=0.0625), 1,
-     r'--width_multiplier=0.1 with --sk_ratio: selective kernels need even widths, and \[12, 25, 51, 102\]'),
-    (dict(fine_tune_after_block=5, train_mode='finetune', random_init=True), 1, '--fine_tune_after_block must be'),
-    (dict(use_tpu=True), 1, '--use_tpu needs --tpu_name'),
-    (dict(checkpoint_steps=-1), 1, '--checkpoint_steps and --train_summary_steps must be >= 0'),
+@pytest.mark.parametrize('overrides, message', [
+    (dict(train_mode='finetune', model_dir='/nonexistent'), '--train_mode=finetune needs --checkpoint'),
+    (dict(mode='eval', model_dir='/nonexistent'), 'found no checkpoint'),
+    (dict(train_mode='linear_eval', model_dir='/nonexistent'), '--train_mode=linear_eval needs --checkpoint'),
+    (dict(mode='embed_plot', model_dir='/nonexistent'), '--mode=embed_plot needs a checkpoint'),
+    (dict(mode='export', model_dir='/nonexistent'), '--mode=export needs a checkpoint'),
 ])
-def test_bad_flag_combinations_fail_with_one_line(overrides, replicas, message):
-  with pytest.raises(run.UsageError, match=message) as error:
-    run.validate(config(**overrides), replicas)
+def test_a_mode_without_the_checkpoint_it_needs_fails_with_one_line(overrides, message):
+  with pytest.raises(config_lib.UsageError, match=message) as error:
+    run.check_model_dir(config(**overrides))
   assert '\n' not in str(error.value)
-
-
-@pytest.mark.parametrize('overrides', [
-    dict(ft_proj_selector=-1),  # the authors' "final layer"
-    dict(resnet_depth=18, width_multiplier=0.1, sk_ratio=0.0625),  # basic blocks: ResNet-D only, no odd split
-])
-def test_flags_of_the_authors_code_are_accepted(overrides):
-  run.validate(config(**overrides))
 
 
 @pytest.mark.parametrize('flag', ['checkpoint', 'teacher'])
 def test_model_paths_that_do_not_exist_name_the_flag(flag):
-  with pytest.raises(run.UsageError) as error:
-    run.model_file(config(**{flag: '/nonexistent/ckpt-1'}), flag, model_io.resolve)
+  with pytest.raises(config_lib.UsageError) as error:
+    run.model_file(config(**{flag: '/nonexistent/ckpt-1'}), flag, architecture.resolve)
   assert str(error.value) == f'--{flag}=/nonexistent/ckpt-1 does not exist.'
 
 
@@ -386,7 +354,7 @@ def test_finetune_the_authors_checkpoint_on_an_image_folder_with_no_model_flags(
   outcome = json.load(open(os.path.join(model_dir, 'result.json')))
   assert 'eval/label_top_1_accuracy' in outcome and 'eval/label_top_5_accuracy' not in outcome
   assert 'top-5' not in result.stdout
-  ours, theirs = model_io.inspect(model_dir), model_io.inspect(checkpoint)
+  ours, theirs = architecture.inspect(model_dir), architecture.inspect(checkpoint)
   assert ours.architecture.num_classes == 3 and ours.architecture.ft_proj_selector == 1
   ours_reader, theirs_reader = tf.train.load_checkpoint(ours.prefix), tf.train.load_checkpoint(theirs.prefix)
   encoder = [key for key in theirs.tensors if key.startswith('resnet_model/')]
@@ -455,7 +423,7 @@ def test_sigterm_checkpoints_the_step_in_flight_and_the_same_command_resumes(sha
   result = run_py(*args)
   assert f'Resuming from {model_dir}/ckpt-{stopped} (step {stopped}).' in result.stdout
   assert result.stdout.strip().splitlines()[-1].startswith('step 60/60')
-  assert [model_io.checkpoint_step(p) for p in model_io.checkpoint_paths(model_dir)] == [stopped, 50, 60]
+  assert [rundir.checkpoint_step(p) for p in rundir.checkpoint_paths(model_dir)] == [stopped, 50, 60]
 
 
 @pytest.mark.slow
@@ -474,7 +442,7 @@ def test_quiet_output_progress_between_checkpoints_and_a_rerun_that_changes_noth
   assert out[0] == 'Preparing data: simclr_shapes...'
   assert [line.split(' |')[0] for line in out if line.startswith('step ')] == ['step 2/6', 'step 4/6', 'step 6/6']
   assert sorted(scalars(str(model_dir), 'train/contrast_loss')) == [2, 4, 6]
-  assert [os.path.basename(p) for p in model_io.checkpoint_paths(str(model_dir))] == ['ckpt-6']
+  assert [os.path.basename(p) for p in rundir.checkpoint_paths(str(model_dir))] == ['ckpt-6']
   files = {p: os.path.getmtime(p) for p in glob.glob(str(model_dir / '**'), recursive=True) if os.path.isfile(p)}
 
   second = run_py(*args)
@@ -501,7 +469,7 @@ def test_bad_paths_fail_before_any_data_is_loaded_and_leave_no_folder(tmp_path):
 def test_the_random_encoder_baseline_is_the_same_in_every_run():
   cfg = config(width_multiplier=0.125, image_size=16)
   strategy = tf.distribute.get_strategy()
-  first, second = (run.random_encoder(cfg, strategy, 10) for _ in range(2))
+  first, second = (evaluation.random_encoder(cfg, strategy, 10) for _ in range(2))
   assert len(first.variables) > 50
   for a, b in zip(first.variables, second.variables):
     np.testing.assert_array_equal(a.numpy(), b.numpy())
@@ -520,13 +488,13 @@ def test_frozen_features_of_a_class_sorted_folder_represent_every_class(tmp_path
       for i in range(count):
         Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
             tmp_path / 'sorted' / split / f'class_{c}' / f'{i:02d}.png')
-  source = run.data_lib.load_source(str(tmp_path / 'sorted'))
+  source = data.load_source(str(tmp_path / 'sorted'))
   cfg = config(dataset=str(tmp_path / 'sorted'), width_multiplier=0.125, image_size=8, eval_batch_size=8,
                linear_eval_max_examples=15, eval_steps=1)
-  net = run.random_encoder(cfg, tf.distribute.get_strategy(), 4)
-  features, labels = run.frozen_features(cfg, source, net, train=True)
+  net = evaluation.random_encoder(cfg, tf.distribute.get_strategy(), 4)
+  features, labels = evaluation.frozen_features(cfg, source, net, train=True)
   assert features.shape == (15, 64) and np.bincount(labels).tolist() == [6, 4, 3, 2]  # first 15: [12, 3, 0, 0]
-  _, labels = run.frozen_features(cfg, source, net, train=False)
+  _, labels = evaluation.frozen_features(cfg, source, net, train=False)
   assert np.bincount(labels).tolist() == [2, 2, 2, 2]  # first batch of 8: [4, 4, 0, 0]
 
 
@@ -535,10 +503,10 @@ def test_a_classifier_used_as_it_is_must_exist_and_fit_the_dataset():
   source = types.SimpleNamespace(num_classes=10)
   distill = config(train_mode='distill', teacher='T')
   run.check_classifiers(distill, {'teacher': file(10), 'checkpoint': None}, source)
-  with pytest.raises(run.UsageError, match=r'^--teacher=T has no classifier \(logits_sup\) to use'):
+  with pytest.raises(config_lib.UsageError, match=r'^--teacher=T has no classifier \(logits_sup\) to use'):
     run.check_classifiers(distill, {'teacher': file(None), 'checkpoint': None}, source)
   mismatch = r'^--checkpoint=T predicts 1000 classes; --dataset=simclr_shapes has 10\.$'
-  with pytest.raises(run.UsageError, match=mismatch):
+  with pytest.raises(config_lib.UsageError, match=mismatch):
     run.check_classifiers(config(mode='eval', checkpoint='T'), {'teacher': None, 'checkpoint': file(1000)}, source)
   run.check_classifiers(config(train_mode='finetune', checkpoint='T'), {'teacher': None, 'checkpoint': file(1000)},
                         source)  # fine-tuning: a new head
@@ -551,4 +519,10 @@ def test_divergence_stops_with_one_line_and_no_checkpoint_of_it(shapes_data_dir,
                   '--train_steps=4', '--optimizer=momentum', '--learning_rate=1e30', check=False)
   assert result.returncode == 1
   assert result.stderr.strip().splitlines()[-1].startswith('Error: Training diverged at step 2: ')
-  assert not model_io.checkpoint_paths(str(model_dir))
+  assert not rundir.checkpoint_paths(str(model_dir))
+
+
+def test_the_flags_are_the_settings_with_their_defaults():
+  for _, field in config_lib.fields():
+    assert run.FLAGS[field.name].default == field.default, field.name
+    assert run.FLAGS[field.name].help.endswith(field.metadata['help']), field.name  # enums: '<a|b>: ' first

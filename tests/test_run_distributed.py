@@ -19,9 +19,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import config as config_lib
 import data as data_lib
-import objective as obj_lib
+import model as model_lib
 import run
+import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = 16
@@ -30,7 +32,7 @@ BATCH = 16
 def step_config(**overrides):
   values = dict(width_multiplier=0.25, image_size=16, train_batch_size=BATCH, train_steps=10, warmup_epochs=0,
                 learning_rate=1.0, weight_decay=1e-4)
-  return run.Config.defaults(**{**values, **overrides})
+  return config_lib.Config.defaults(**{**values, **overrides})
 
 
 def one_step(cfg, strategy, initial_weights, images, labels):
@@ -40,7 +42,7 @@ def one_step(cfg, strategy, initial_weights, images, labels):
   where the optimizer receives them.
   """
   with strategy.scope():
-    model, optimizer, _ = run.build_training(cfg, strategy, num_classes=10, num_examples=1000)
+    model, optimizer, _ = train.build_training(cfg, strategy, num_classes=10, num_examples=1000)
     captured = [tf.Variable(tf.zeros_like(v), trainable=False,
                             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
                 for v in model.trainable_variables]
@@ -57,7 +59,7 @@ def one_step(cfg, strategy, initial_weights, images, labels):
     return apply_gradients(grads_and_vars)
 
   optimizer.apply_gradients = capturing_apply_gradients
-  step = obj_lib.make_train_step(cfg, model, optimizer, strategy)
+  step = train.make_train_step(cfg.optim, cfg.run.train_mode, model, optimizer, strategy)
 
   @tf.function
   def distributed_step(images, labels):
@@ -75,7 +77,7 @@ def batch_and_weights():
   images = tf.constant(rng.uniform(size=(BATCH, 16, 16, 6)), tf.float32)
   labels = tf.one_hot(rng.integers(0, 10, BATCH), 10)
   keras.utils.set_random_seed(0)
-  model = run.build_model(step_config(), 10)
+  model = model_lib.build(step_config(), 10)
   for variable in model.weights:  # non-trivial BatchNorm parameters and statistics, not just ones and zeros
     if 'batch_normalization' in variable.path:
       variable.assign(variable + tf.random.uniform(variable.shape, 0.0, 0.5))
@@ -240,12 +242,12 @@ def test_use_tpu_builds_the_resolver_and_strategy_as_documented(monkeypatch):
       calls.append(('strategy', resolver))
 
   monkeypatch.setattr(tf.distribute, 'TPUStrategy', FakeTPUStrategy)
-  cfg = run.Config.defaults(use_tpu=True, tpu_name='my-tpu', tpu_zone='europe-west4-a', gcp_project='proj')
+  cfg = config_lib.Config.defaults(use_tpu=True, tpu_name='my-tpu', tpu_zone='europe-west4-a', gcp_project='proj')
   assert isinstance(run.build_strategy(cfg), FakeTPUStrategy)
   assert calls == [('resolver', {'tpu': 'my-tpu', 'zone': 'europe-west4-a', 'project': 'proj'}),
                    ('connect', 'resolver'), ('initialize', 'resolver'), ('strategy', 'resolver')]
   calls.clear()
-  run.build_strategy(run.Config.defaults(use_tpu=True, master='grpc://10.0.0.2:8470'))
+  run.build_strategy(config_lib.Config.defaults(use_tpu=True, master='grpc://10.0.0.2:8470'))
   assert calls[0] == ('resolver', {'tpu': 'grpc://10.0.0.2:8470', 'zone': None, 'project': None})
 
 
@@ -254,8 +256,8 @@ def test_an_unreachable_tpu_is_one_line(monkeypatch):
     raise OSError('<urlopen error [Errno -2] Name or service not known>')
 
   monkeypatch.setattr(tf.distribute.cluster_resolver, 'TPUClusterResolver', unreachable)
-  with pytest.raises(run.UsageError) as error:
-    run.build_strategy(run.Config.defaults(use_tpu=True, tpu_name='nonexistent'))
+  with pytest.raises(config_lib.UsageError) as error:
+    run.build_strategy(config_lib.Config.defaults(use_tpu=True, tpu_name='nonexistent'))
   assert str(error.value).startswith("--use_tpu: cannot reach TPU 'nonexistent' (OSError: <urlopen error")
   assert '--tpu_name=local' in str(error.value) and '\n' not in str(error.value)
 
@@ -287,7 +289,7 @@ def test_mixed_bfloat16_step_is_close_to_float32(batch_and_weights, one_replica)
   """bf16 keeps 8 significant bits (relative rounding 2^-9 per op); BatchNorm, NT-Xent and softmax stay in
   float32, so the loss moves far less than the 1% asserted (measured here: 0.03%)."""
   cfg = step_config(precision='mixed_bfloat16')
-  model = run.build_model(cfg, 10)
+  model = model_lib.build(cfg, 10)
   conv = next(layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.Conv2D))  # pylint: disable=protected-access
   assert conv.compute_dtype == 'bfloat16' and conv.kernel.dtype == 'float32'
   outputs = model(batch_and_weights[0], training=False)
@@ -302,11 +304,11 @@ def test_mixed_float16_loss_scaling_skips_overflowing_steps(batch_and_weights):
   """An overflowing float16 step changes no weight and halves the loss scale; the next one trains."""
   images, labels, initial = batch_and_weights
   cfg = step_config(precision='mixed_float16')
-  model, optimizer, _ = run.build_training(cfg, tf.distribute.get_strategy(), num_classes=10, num_examples=1000)
+  model, optimizer, _ = train.build_training(cfg, tf.distribute.get_strategy(), num_classes=10, num_examples=1000)
   assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
   for variable, value in zip(model.weights, initial):
     variable.assign(value)
-  step = tf.function(obj_lib.make_train_step(cfg, model, optimizer, tf.distribute.get_strategy()))
+  step = tf.function(train.make_train_step(cfg.optim, cfg.run.train_mode, model, optimizer, tf.distribute.get_strategy()))
   optimizer.dynamic_scale.assign(2.0 ** 60)  # the scaled gradients overflow float16 (max 65504)
   step(images, labels)
   assert int(optimizer.iterations.numpy()) == 0

@@ -1,0 +1,72 @@
+"""Model files for the tests of architecture.py and model_io.py: the authors' fixtures, this project's model for
+an Architecture, training checkpoints and hand-made object graphs."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import model as model_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(ROOT, '..', 'shared', 'fixtures', 'authors_tf2')
+FIXTURE_NAMES = ('r18_cifar_pretrain', 'r50_sk0_finetune', 'r50_sk1_pretrain')
+
+
+def build(arch, train_mode=None, image_size=None):
+  """This project's model for an Architecture, with its heads where the file has them."""
+  if train_mode is None:
+    train_mode = 'finetune' if arch.num_classes is not None else 'pretrain'
+  net = model_lib.SimCLRModel(
+      arch.num_classes or 1, resnet_depth=arch.resnet_depth, width_multiplier=arch.width_multiplier,
+      cifar_stem=arch.cifar_stem, sk_ratio=arch.sk_ratio, se_ratio=arch.se_ratio, global_bn=False,
+      proj_head_mode=arch.proj_head_mode, proj_out_dim=arch.proj_out_dim, num_proj_layers=arch.num_proj_layers,
+      ft_proj_selector=arch.ft_proj_selector, train_mode=train_mode,
+      lineareval_while_pretraining=arch.num_classes is not None,
+      linear_eval_endpoint=arch.linear_eval_endpoint or 'final_avg_pool')
+  size = image_size or (32 if arch.cifar_stem else 64)
+  net(tf.zeros([1, size, size, 6 if train_mode == 'pretrain' else 3]), training=False)
+  return net
+
+
+def fixture(name):
+  folder = os.path.join(FIXTURES, name)
+  assert os.path.isdir(folder), f'the fixtures of the authors\' code are missing: {folder}'
+  with open(os.path.join(folder, 'flags.json')) as f:
+    flags = json.load(f)
+  return folder, flags, np.load(os.path.join(folder, 'inputs.npy')), dict(np.load(os.path.join(folder, 'expected.npz')))
+
+
+def save_run(net, folder, step, flags=None):
+  """`net` as a training checkpoint of step `step` in `folder` (with a flags.json if given)."""
+  optimizer = keras.optimizers.SGD(0.1)
+  optimizer.build(net.trainable_variables)
+  optimizer.iterations.assign(step)
+  manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=net, optimizer=optimizer), str(folder),
+                                       max_to_keep=2, checkpoint_name='ckpt', step_counter=optimizer.iterations)
+  manager.save(checkpoint_number=step)
+  if flags is not None:
+    (folder / 'flags.json').write_text(json.dumps(flags))
+
+
+def write_from_keys(variables, path, root_extra=None):
+  """A TF2 checkpoint whose object graph is `model/<structural key>` for each {key: variable} (lists as ListWrapper
+  items, as the authors' code makes them)."""
+  tree = {}
+  for key, variable in variables.items():
+    node = tree
+    for part in key.split('/')[:-1]:
+      node = node.setdefault(part, {})
+    node[key.split('/')[-1]] = tf.Variable(variable)
+
+  def trackable(node):
+    if all(k.isdigit() for k in node):
+      return [trackable(node[k]) if isinstance(node[k], dict) else node[k] for k in sorted(node, key=int)]
+    obj = tf.Module()
+    for k, v in node.items():
+      setattr(obj, k, trackable(v) if isinstance(v, dict) else v)
+    return obj
+
+  return tf.train.Checkpoint(model=trackable(tree), **(root_extra or {})).write(path)
