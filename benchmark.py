@@ -5,6 +5,7 @@
   python benchmark.py peak
   python benchmark.py make_folder --out=/tmp/jpegs --num_images=10000 --min_size=256 --max_size=320
   python benchmark.py input --dataset=/tmp/jpegs --image_size=224 --batch_size=128 --seconds=20
+  python benchmark.py curve --model_dir=runs/cifar10_cpu --out=cifar10_cpu_knn.png
 
 `input` times the pretraining input pipeline (two augmented views per image, as `data.py` builds it for
 same-size images) on in-memory random uint8 images, so no disk I/O or decoding is measured. The last line
@@ -29,6 +30,10 @@ are run.py's flags. It also prints which CPU kernels TensorFlow runs (oneDNN or 
 process's peak resident memory, the convolution arithmetic it achieved (forward and backward convolutions of
 the encoder, counted from the traced graph's Conv2D ops) and that rate as a fraction of numpy's float32 matrix
 product timed right after (`--peak_seconds`).
+
+`curve` reads the kNN monitor (`--knn_eval_steps`) of one or more runs from their TensorBoard events and
+plots its top-1 against the wall-clock minutes since the run's first event (time to accuracy), to a PNG; it
+prints the points. It needs matplotlib (`pip install matplotlib`; requirements-dev.txt has it).
 
 `peak` measures what the machine can do at all: a 4096 x 4096 matrix product in float32 and bfloat16 through
 TensorFlow, and in float32 through numpy's BLAS, in GFLOP/s. A training step whose convolutions already run
@@ -247,6 +252,47 @@ def bench_train(args):
   print(f'images_per_sec: {rate:.1f}')
 
 
+def knn_curve(model_dir, tag='knn/top_1_accuracy'):
+  """[(minutes since the run's first event, step, value)] of `tag` in model_dir's training events, oldest
+  first; a resumed run's events (several files) continue the clock of the first."""
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  points, start = [], None
+  for path in sorted(tf.io.gfile.glob(os.path.join(model_dir, 'events.out.tfevents.*'))):
+    events = event_accumulator.EventAccumulator(path, size_guidance={event_accumulator.TENSORS: 0})
+    events.Reload()
+    start = events.FirstEventTimestamp() if start is None else start
+    if tag in events.Tags()['tensors']:
+      points += [((e.wall_time - start) / 60, e.step, float(tf.make_ndarray(e.tensor_proto)))
+                 for e in events.Tensors(tag)]
+  return sorted(points)
+
+
+def bench_curve(args):
+  try:
+    import matplotlib  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise data.DataError('benchmark.py curve needs matplotlib: pip install matplotlib') from None
+  matplotlib.use('Agg')
+  from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
+  figure, axes = pyplot.subplots(figsize=(6.4, 4.0), dpi=100)
+  for model_dir in args.model_dir:
+    points = knn_curve(model_dir)
+    if not points:
+      raise data.DataError(f'{model_dir} has no kNN monitor values (train with --knn_eval_steps).')
+    for minutes, step, value in points:
+      print(f'{model_dir} minute {minutes:.1f} step {step} knn_top1 {value:.4f}')
+    axes.plot([p[0] for p in points], [100 * p[2] for p in points], marker='o',
+              label=args.labels[len(axes.lines)] if args.labels else os.path.basename(model_dir.rstrip('/')))
+  axes.set_xlabel('wall-clock minutes of the run')
+  axes.set_ylabel('kNN top-1 on the eval split (%)')
+  axes.set_title(args.title)
+  axes.grid(alpha=0.3)
+  axes.legend(loc='lower right')
+  figure.tight_layout()
+  figure.savefig(args.out)
+  print(f'curve: {args.out}')
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   commands = parser.add_subparsers(dest='command', required=True)
@@ -287,9 +333,16 @@ def main(argv=None):
   mk.add_argument('--max_size', type=int, default=320)
   mk.add_argument('--classes', type=int, default=10)
   mk.add_argument('--seed', type=int, default=0)
+  cv = commands.add_parser('curve', help='kNN monitor top-1 against wall-clock time of runs, to a PNG')
+  cv.add_argument('--model_dir', action='append', required=True, help='a run\'s model_dir (repeat for several)')
+  cv.add_argument('--labels', action='append', help='a legend label per --model_dir (default: folder names)')
+  cv.add_argument('--title', default='')
+  cv.add_argument('--out', required=True)
   args = parser.parse_args(argv)
   try:
-    if args.command == 'peak':
+    if args.command == 'curve':
+      bench_curve(args)
+    elif args.command == 'peak':
       bench_peak(args)
     elif args.command == 'make_folder':
       bench_make_folder(args)

@@ -123,6 +123,9 @@ class EvalConfig:
   knn_eval_steps: int = _option(
       0, 'Pretraining: every this many steps, weighted-kNN top-1 of frozen features on --eval_split (the train '
       'split as memory bank); 0 = off.')
+  knn_max_examples: int = _option(
+      10000, 'Training examples in the kNN monitor\'s memory bank (a stratified sample), at most: it runs every '
+      '--knn_eval_steps, so it is kept smaller than the linear evaluation\'s.')
   knn_k: int = _option(200, 'Neighbours of the kNN monitor.')
   knn_temperature: float = _option(0.1, 'Temperature of the kNN monitor\'s vote weights exp(sim / t).')
 
@@ -176,7 +179,8 @@ GROUP_OF = {field.name: group for group, cls in GROUPS.items() for field in data
 SESSION_FLAGS = frozenset({
     'mode', 'model_dir', 'eval_split', 'eval_batch_size', 'eval_steps', 'eval_name', 'eval_timeout', 'checkpoint',
     'teacher', 'random_init', 'use_tpu', 'tpu_name', 'tpu_zone', 'gcp_project', 'master', 'keep_checkpoint_max',
-    'keep_hub_module_max', 'strict_images', 'cache_dataset', 'jit_compile', 'linear_eval', 'linear_eval_max_examples'})
+    'keep_hub_module_max', 'strict_images', 'cache_dataset', 'jit_compile', 'linear_eval', 'linear_eval_max_examples',
+    'knn_max_examples'})
 
 
 def fields():
@@ -269,7 +273,8 @@ def validate(cfg, num_replicas=1):
       (o.distill_temperature <= 0, f'--distill_temperature must be > 0, got {o.distill_temperature}.'),
       (e.knn_eval_steps < 0 or (e.knn_eval_steps and r.train_mode != 'pretrain'),
        '--knn_eval_steps monitors pretraining: use it with --train_mode=pretrain, >= 0.'),
-      (e.knn_k < 1 or e.knn_temperature <= 0, '--knn_k must be >= 1 and --knn_temperature > 0.'),
+      (e.knn_k < 1 or e.knn_temperature <= 0 or e.knn_max_examples < 1,
+       '--knn_k and --knn_max_examples must be >= 1 and --knn_temperature > 0.'),
       (o.train_steps < 0 or o.train_epochs < 0, '--train_steps and --train_epochs must be >= 0.'),
       (o.train_steps == 0 and o.train_epochs == 0, 'One of --train_steps or --train_epochs must be > 0.'),
       (o.warmup_epochs < 0, f'--warmup_epochs must be >= 0, got {o.warmup_epochs}.'),

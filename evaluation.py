@@ -93,22 +93,26 @@ def result_lines(cfg, result):
 # ------------------------------------------------------------------------------------------- frozen features
 
 
-def frozen_features(cfg, source, net, train):
+def frozen_features(cfg, source, net, train, max_examples=None):
   """(`final_avg_pool` features, labels) through `net` in inference mode, eval preprocessing: of the train split
-  (at most --linear_eval_max_examples) when `train`, else of the eval split (--eval_steps batches, or all). A
-  part of a split is a stratified sample of it (`data.sample_ids`), never the first examples read."""
+  (at most `max_examples`, default --linear_eval_max_examples) when `train`, else of the eval split
+  (--eval_steps batches, or all). A part of a split is a stratified sample of it (`data.sample_ids`), never the
+  first examples read."""
   d, e = cfg.data, cfg.eval
   split = d.train_split if train else d.eval_split
-  max_examples = e.linear_eval_max_examples if train else e.eval_examples
+  if max_examples is None:
+    max_examples = e.linear_eval_max_examples if train else e.eval_examples
   dataset = data_lib.build_dataset(source, split, e.eval_batch_size, is_training=False, image_size=d.image_size,
                                    cache=d.cache_dataset, subset_ids=data_lib.sample_ids(source, split, max_examples))
   return linear_eval_lib.extract_features(net, dataset)
 
 
 def knn_monitor(cfg, source, model):
-  """Weighted-kNN top-1 on --eval_split with train features as the bank: a label-free training signal."""
+  """Weighted-kNN top-1 on --eval_split with train features (at most --knn_max_examples) as the bank: a
+  label-free training signal."""
+  bank = frozen_features(cfg, source, model, train=True, max_examples=cfg.eval.knn_max_examples)
   return linear_eval_lib.knn_eval(
-      *frozen_features(cfg, source, model, train=True), *frozen_features(cfg, source, model, train=False),
+      *bank, *frozen_features(cfg, source, model, train=False),
       num_classes=source.num_classes, k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature)['top_1_accuracy']
 
 

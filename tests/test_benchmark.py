@@ -64,3 +64,21 @@ def test_input_benchmark_reads_a_folder_and_caches_its_scan(tmp_path, capsys, ca
   printed = capsys.readouterr().out
   assert printed.count('first_batch_sec: ') == 2 and printed.strip().splitlines()[-1].startswith('images_per_sec: ')
   assert '6 files checked, 0 verdicts' in caplog.text and '0 files checked, 6 verdicts' in caplog.text
+
+
+def test_curve_reads_the_knn_monitor_against_wall_time_and_draws_it(tmp_path, capsys):
+  writer = tf.summary.create_file_writer(str(tmp_path / 'run'))
+  with writer.as_default():
+    for step, value in ((100, 0.31), (200, 0.42), (300, 0.47)):
+      tf.summary.scalar('knn/top_1_accuracy', value, step=step)
+      tf.summary.scalar('train/contrast_loss', 9.0, step=step)
+  writer.close()
+  points = benchmark.knn_curve(str(tmp_path / 'run'))
+  assert [(step, round(value, 4)) for _, step, value in points] == [(100, 0.31), (200, 0.42), (300, 0.47)]
+  assert 0 <= points[0][0] <= points[-1][0] < 1  # minutes since the first event
+  out = tmp_path / 'curve.png'
+  benchmark.main(['curve', f'--model_dir={tmp_path / "run"}', f'--out={out}', '--title=t'])
+  assert tf.io.decode_png(out.read_bytes()).shape == (400, 640, 4)
+  assert 'step 300 knn_top1 0.4700' in capsys.readouterr().out
+  with pytest.raises(SystemExit, match='has no kNN monitor values'):
+    benchmark.main(['curve', f'--model_dir={tmp_path}', f'--out={out}'])

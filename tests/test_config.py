@@ -35,6 +35,7 @@ import config
     (dict(fine_tune_after_block=5, train_mode='finetune', random_init=True), 1, '--fine_tune_after_block must be'),
     (dict(use_tpu=True), 1, '--use_tpu needs --tpu_name'),
     (dict(checkpoint_steps=-1), 1, '--checkpoint_steps and --train_summary_steps must be >= 0'),
+    (dict(knn_max_examples=0), 1, '--knn_k and --knn_max_examples must be >= 1'),
 ])
 def test_bad_flag_combinations_fail_with_one_line(overrides, replicas, message):
   with pytest.raises(config.UsageError, match=message) as error:

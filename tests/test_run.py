@@ -22,6 +22,7 @@ import architecture
 import config as config_lib
 import data
 import evaluation
+import image_files
 import model as model_lib
 import model_io
 import run
@@ -496,6 +497,23 @@ def test_frozen_features_of_a_class_sorted_folder_represent_every_class(tmp_path
   assert features.shape == (15, 64) and np.bincount(labels).tolist() == [6, 4, 3, 2]  # first 15: [12, 3, 0, 0]
   _, labels = evaluation.frozen_features(cfg, source, net, train=False)
   assert np.bincount(labels).tolist() == [2, 2, 2, 2]  # first batch of 8: [4, 4, 0, 0]
+
+
+def test_the_knn_monitors_bank_is_a_stratified_sample_of_knn_max_examples(tmp_path, monkeypatch):
+  rng = np.random.default_rng(1)
+  for split, count in (('train', 9), ('test', 2)):
+    for c in range(3):
+      for i in range(count):
+        image_files.write_image(str(tmp_path / 'f' / split / f'c{c}' / f'{i}.png'),
+                                rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+  source = data.load_source(str(tmp_path / 'f'))
+  cfg = config(dataset=str(tmp_path / 'f'), width_multiplier=0.125, image_size=8, eval_batch_size=4,
+               knn_max_examples=6, linear_eval_max_examples=20)
+  seen = {}
+  monkeypatch.setattr(evaluation.linear_eval_lib, 'knn_eval', lambda bank, labels, queries, query_labels, **kw: (
+      seen.update(bank=np.bincount(labels).tolist(), queries=len(queries), k=kw['k'])) or {'top_1_accuracy': 0.5})
+  assert evaluation.knn_monitor(cfg, source, evaluation.random_encoder(cfg, tf.distribute.get_strategy(), 3)) == 0.5
+  assert seen == {'bank': [2, 2, 2], 'queries': 6, 'k': 200}
 
 
 def test_a_classifier_used_as_it_is_must_exist_and_fit_the_dataset():
