@@ -274,6 +274,8 @@ def bench_curve(args):
     raise data.DataError('benchmark.py curve needs matplotlib: pip install matplotlib') from None
   matplotlib.use('Agg')
   from matplotlib import pyplot  # pylint: disable=g-import-not-at-top
+  if args.labels and len(args.labels) != len(args.model_dir):
+    raise data.DataError(f'{len(args.labels)} --labels for {len(args.model_dir)} --model_dir: give one each.')
   figure, axes = pyplot.subplots(figsize=(6.4, 4.0), dpi=100)
   for model_dir in args.model_dir:
     points = knn_curve(model_dir)

@@ -9,7 +9,8 @@ fields, so a default lives here only. Scripts and notebooks build one without ab
     cfg = config.Config.defaults(dataset='/data/cifar10', train_epochs=100)   # flat flag names
     cfg.model.resnet_depth, cfg.optim.temperature                             # grouped reads
 
-A run's `flags.json` is `cfg.flat()`; `Config.from_flat` reads one back.
+A run's `flags.json` is `cfg.flat()`; `Config.from_flat` builds one from such a dict (unknown names are an
+error: an evaluation takes a saved run's settings through `inherited`, which leaves them out).
 """
 
 import dataclasses
@@ -17,11 +18,12 @@ import typing
 
 import model as model_lib
 import resnet
+import shapes_dataset
 
 MODES = ('train', 'eval', 'train_then_eval', 'embed_plot', 'export')
 # Modes that train a classifier on (a fraction of) the labels, starting from --checkpoint.
 LABELED_MODES = ('finetune', 'linear_eval')
-EMBEDDED_DATASET = 'simclr_shapes'
+EMBEDDED_DATASET = shapes_dataset.NAME
 
 
 class UsageError(ValueError):
@@ -297,12 +299,12 @@ def validate(cfg, num_replicas=1):
       raise UsageError(message)
 
 
-def inherit(cfg, saved, explicit):
-  """`cfg` with the settings of the run it evaluates (`saved`, its flags.json) for every name not given
-  explicitly and not describing this evaluation itself (`SESSION_FLAGS`); unknown names are ignored."""
-  inherited = {name: value for name, value in saved.items()
-               if name in GROUP_OF and name not in explicit and name not in SESSION_FLAGS}
-  return cfg.replace(**inherited)
+def inherited(saved, explicit):
+  """The settings an evaluation takes from the run it evaluates (`saved`, its flags.json): every one not given
+  explicitly and not describing this evaluation itself (`SESSION_FLAGS`); names this version does not know are
+  left out."""
+  return {name: value for name, value in saved.items()
+          if name in GROUP_OF and name not in explicit and name not in SESSION_FLAGS}
 
 
 def adopt_architecture(cfg, explicit, file, flag='checkpoint'):

@@ -6,7 +6,6 @@ a stratified, seeded sample of it (`data.sample_ids`), never its first examples:
 class. The frozen-feature classifiers themselves are linear_eval.py's.
 """
 
-import os
 import time
 
 from absl import logging
@@ -95,9 +94,9 @@ def result_lines(cfg, result):
 
 def frozen_features(cfg, source, net, train, max_examples=None):
   """(`final_avg_pool` features, labels) through `net` in inference mode, eval preprocessing: of the train split
-  (at most `max_examples`, default --linear_eval_max_examples) when `train`, else of the eval split
-  (--eval_steps batches, or all). A part of a split is a stratified sample of it (`data.sample_ids`), never the
-  first examples read."""
+  when `train`, else of the eval split; at most `max_examples` of it (default: --linear_eval_max_examples of the
+  train split, --eval_steps batches or all of the eval split). A part of a split is a stratified sample of it
+  (`data.sample_ids`), never the first examples read."""
   d, e = cfg.data, cfg.eval
   split = d.train_split if train else d.eval_split
   if max_examples is None:

@@ -77,8 +77,9 @@ def run_flags(cfg, explicit):
   saved = rundir.read_flags(cfg.run.model_dir)
   if saved is None:
     return cfg
-  logging.info('Flags of the run in %s: %s', cfg.run.model_dir, saved)
-  return config_lib.inherit(cfg, saved, explicit)
+  inherited = config_lib.inherited(saved, explicit)
+  logging.info('Flags of the run from %s: %s', rundir.flags_path(cfg.run.model_dir), inherited)
+  return cfg.replace(**inherited)
 
 
 def check_model_dir(cfg):

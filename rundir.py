@@ -1,4 +1,5 @@
-"""The files of a run directory (`--model_dir`): the one place that names them, reads them and writes them.
+"""The files of a run directory (`--model_dir`): this project names, reads and writes them here only (the event
+files are TensorFlow's summary writers', the `checkpoint` state file TensorFlow's CheckpointManager's).
 
     flags.json              the run's settings (Config.flat()); the authors' run.py writes one too
     label_subset.json       the example ids of a label fraction, and how they were chosen
@@ -27,16 +28,20 @@ EMBEDDING_FILE = 'embedding.png'
 # ------------------------------------------------------------------------------------------- settings
 
 
+def flags_path(model_dir):
+  return os.path.join(model_dir, FLAGS_FILE)
+
+
 def write_flags(model_dir, flat):
   tf.io.gfile.makedirs(model_dir)
-  with tf.io.gfile.GFile(os.path.join(model_dir, FLAGS_FILE), 'w') as f:
+  with tf.io.gfile.GFile(flags_path(model_dir), 'w') as f:
     json.dump(flat, f, indent=1)
 
 
 def read_flags(folder):
   """The settings in `folder`'s flags.json (this project's or the authors'), or None when there is none; a file
   that is not JSON raises ValueError."""
-  path = os.path.join(folder, FLAGS_FILE)
+  path = flags_path(folder)
   if not tf.io.gfile.exists(path):
     return None
   with tf.io.gfile.GFile(path) as f:
@@ -44,7 +49,7 @@ def read_flags(folder):
 
 
 def has_flags(model_dir):
-  return tf.io.gfile.exists(os.path.join(model_dir, FLAGS_FILE))
+  return tf.io.gfile.exists(flags_path(model_dir))
 
 
 def write_label_subset(model_dir, ids, **details):

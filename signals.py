@@ -15,6 +15,7 @@ import threading
 
 import tensorflow as tf
 
+
 class Stopped(Exception):
   """The run stopped on a signal after `step`, whose checkpoint `save` wrote."""
 

@@ -82,3 +82,5 @@ def test_curve_reads_the_knn_monitor_against_wall_time_and_draws_it(tmp_path, ca
   assert 'step 300 knn_top1 0.4700' in capsys.readouterr().out
   with pytest.raises(SystemExit, match='has no kNN monitor values'):
     benchmark.main(['curve', f'--model_dir={tmp_path}', f'--out={out}'])
+  with pytest.raises(SystemExit, match='1 --labels for 2 --model_dir'):
+    benchmark.main(['curve', f'--model_dir={tmp_path}', f'--model_dir={tmp_path}', '--labels=a', f'--out={out}'])
