@@ -41,7 +41,7 @@ def test_second_start_on_an_unchanged_folder_decodes_nothing(folder, tmp_path, c
   starts, load = checked_files
   image_files.age(folder)
   first = load(folder, tmp_path / 'cache')
-  with caplog.at_level(logging.INFO):
+  with caplog.at_level(logging.INFO, logger='absl'):
     second = load(folder, tmp_path / 'cache')
   assert len(starts[0]) == 8 and starts[1] == []
   assert '0 files checked, 8 verdicts from the cache' in caplog.text
