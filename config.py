@@ -14,6 +14,8 @@ error: an evaluation takes a saved run's settings through `inherited`, which lea
 """
 
 import dataclasses
+import os
+import re
 import typing
 
 import model as model_lib
@@ -149,7 +151,11 @@ class RunConfig:
       'pretrain', 'pretrain: contrastive learning (+ online linear eval); finetune: supervised from '
       '--checkpoint; linear_eval: a linear head on the frozen encoder of --checkpoint; distill: learn the '
       'predictions of --teacher on the (unlabeled) train images.', model_lib.TRAIN_MODES)
-  model_dir: str = _option('runs/simclr_shapes', 'Checkpoints, summaries, results and exports go here.')
+  model_dir: typing.Optional[str] = _option(
+      None, 'Checkpoints, summaries, results and exports go here; default: runs/<dataset> for pretraining, '
+      'runs/<dataset>-<train_mode> for the other train modes, runs/<model name>-<mode> for --mode=eval, '
+      'embed_plot or export of a --checkpoint. A run directory holds one run: a command whose settings differ '
+      'from those of the run already there stops.')
   checkpoint: typing.Optional[str] = _option(
       None, 'The model to start from (fine-tune, linear_eval, pretrain) or to use (eval, embed_plot, export): '
       'a SavedModel or training checkpoint (prefix or folder) of this project or of the SimCLR authors\' tf2 '
@@ -183,6 +189,14 @@ SESSION_FLAGS = frozenset({
     'teacher', 'random_init', 'use_tpu', 'tpu_name', 'tpu_zone', 'gcp_project', 'master', 'keep_checkpoint_max',
     'keep_hub_module_max', 'strict_images', 'cache_dataset', 'jit_compile', 'linear_eval', 'linear_eval_max_examples',
     'knn_max_examples'})
+
+
+# Settings of how and where a command runs, not of the run it makes: a run in model_dir continues (or reports
+# its results) under other values of these; every other setting must be what its flags.json says.
+OPERATIONAL_FLAGS = frozenset({
+    'mode', 'model_dir', 'data_dir', 'cache_dataset', 'strict_images', 'precision', 'jit_compile', 'use_tpu',
+    'tpu_name', 'tpu_zone', 'gcp_project', 'master', 'keep_checkpoint_max', 'keep_hub_module_max',
+    'checkpoint_epochs', 'checkpoint_steps', 'train_summary_steps', 'eval_batch_size', 'eval_timeout', 'eval_name'})
 
 
 def fields():
@@ -305,6 +319,40 @@ def inherited(saved, explicit):
   left out."""
   return {name: value for name, value in saved.items()
           if name in GROUP_OF and name not in explicit and name not in SESSION_FLAGS}
+
+
+def default_model_dir(cfg):
+  """Where a command writes when --model_dir is not given: a directory named after what it works on, so that
+  a run on another dataset, in another train mode or of another model file never lands in an earlier run's."""
+  r = cfg.run
+  if r.checkpoint and r.mode in ('eval', 'embed_plot', 'export'):
+    return os.path.join('runs', f'{_name(model_name(r.checkpoint))}-{r.mode}')
+  name = _name(os.path.basename(os.path.abspath(os.path.expanduser(cfg.data.dataset)))
+               if os.path.isdir(os.path.expanduser(cfg.data.dataset)) else cfg.data.dataset)
+  return os.path.join('runs', name if r.train_mode == 'pretrain' else f'{name}-{r.train_mode}')
+
+
+def model_name(path):
+  """The name of a model file: the folder it is in, past `saved_model`, `ckpt` and step folders
+  (`.../r50_1x_sk0/saved_model` -> r50_1x_sk0, `runs/x/ckpt-100` -> x)."""
+  parts = [p for p in path.replace('\\', '/').split('/') if p]
+  while len(parts) > 1 and (parts[-1] in ('saved_model', 'ckpt', 'variables') or parts[-1].isdigit() or
+                            re.fullmatch(r'ckpt-\d+(\.index)?', parts[-1])):
+    parts.pop()
+  return parts[-1] if parts else 'model'
+
+
+def _name(text):
+  return re.sub(r'[^A-Za-z0-9_.-]+', '_', text).strip('_.') or 'run'
+
+
+def run_differences(saved, cfg):
+  """[(flag, value in the saved run, value here)] of the settings that define a run (all but
+  `OPERATIONAL_FLAGS`) in which `cfg` differs from a run's flags.json `saved`. A setting the saved run predates
+  had its default there; names this version does not know are left out."""
+  defaults = Config().flat()
+  return [(name, saved.get(name, defaults[name]), value) for name, value in cfg.flat().items()
+          if name not in OPERATIONAL_FLAGS and saved.get(name, defaults[name]) != value]
 
 
 def adopt_architecture(cfg, explicit, file, flag='checkpoint'):

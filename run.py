@@ -82,6 +82,26 @@ def run_flags(cfg, explicit):
   return cfg.replace(**inherited)
 
 
+def check_own_run(cfg):
+  """A training command continues, reports or overwrites only its own run: when model_dir holds a run whose
+  flags.json differs in a setting that defines the run, it stops before any work, naming the differences."""
+  r = cfg.run
+  if r.mode not in ('train', 'train_then_eval'):
+    return
+  try:
+    saved = rundir.read_flags(r.model_dir)
+  except ValueError:
+    raise config_lib.UsageError(f'{rundir.flags_path(r.model_dir)} is not readable JSON: move it away, or give '
+                                'a new --model_dir.') from None
+  differences = config_lib.run_differences(saved, cfg) if saved is not None else []
+  if differences:
+    listed = '; '.join(f'--{name}={theirs} there, {ours} here' for name, theirs, ours in differences[:4])
+    more = f' (and {len(differences) - 4} more)' if len(differences) > 4 else ''
+    raise config_lib.UsageError(
+        f'--model_dir={r.model_dir} holds another run: {listed}{more}. Give a new --model_dir for this one, or '
+        'that run\'s own flags to resume it.')
+
+
 def check_model_dir(cfg):
   """The checkpoint a mode needs is there: --checkpoint, or one in model_dir."""
   r = cfg.run
@@ -213,6 +233,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   cfg, explicit = config_from_flags()
   try:
+    if cfg.run.model_dir is None:
+      cfg = cfg.replace(model_dir=config_lib.default_model_dir(cfg))
     cfg = run_flags(cfg, explicit)
     config_lib.validate(cfg)
     check_model_dir(cfg)
@@ -223,6 +245,7 @@ def main(argv):
     if files['checkpoint'] is not None:
       cfg = config_lib.adopt_architecture(cfg, explicit, files['checkpoint'])
     config_lib.validate(cfg, strategy.num_replicas_in_sync)
+    check_own_run(cfg)
     if cfg.run.mode == 'export':  # needs no data
       return export_file(cfg, strategy, files)
     progress.status(f'Preparing data: {cfg.data.dataset}...')

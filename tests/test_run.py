@@ -41,11 +41,11 @@ TINY = ['--resnet_depth=18', '--width_multiplier=0.25', '--image_size=32', '--tr
 USER_UNSET = ('TF_CPP_MIN_LOG_LEVEL', 'CUDA_VISIBLE_DEVICES', 'TF_ENABLE_ONEDNN_OPTS')
 
 
-def run_py(*args, check=True):
+def run_py(*args, check=True, cwd=ROOT):
   """run.py as a user runs it: a subprocess in a plain environment (TensorFlow's own defaults, run.py's choice
   of CPU kernels)."""
   env = {k: v for k, v in os.environ.items() if k not in USER_UNSET}
-  result = subprocess.run([sys.executable, os.path.join(ROOT, 'run.py'), *args], cwd=ROOT, env=env,
+  result = subprocess.run([sys.executable, os.path.join(ROOT, 'run.py'), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
   if check and result.returncode != 0:
     raise AssertionError(f'run.py {args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr[-4000:]}')
@@ -456,6 +456,65 @@ def test_quiet_output_progress_between_checkpoints_and_a_rerun_that_changes_noth
     assert verbose[0].startswith('CPU kernels: oneDNN (TF_ENABLE_ONEDNN_OPTS=1 set by this project'), verbose[0]
   assert files == {p: os.path.getmtime(p) for p in glob.glob(str(model_dir / '**'), recursive=True)
                    if os.path.isfile(p)}
+
+
+@pytest.mark.slow
+def test_a_run_directory_answers_only_for_its_own_run(shapes_data_dir, tmp_path):
+  """The main job, then a folder with nothing else given: the folder trains in its own default directory
+  (not reported as the main job's result); pointed at the main job's directory, a 10-class folder (the
+  classes the main job has: nothing else would stop it) or a longer schedule stops before any work, naming
+  the differing flags with both values; the same command still reports the finished run."""
+  main_job = [f'--data_dir={shapes_data_dir}', '--train_steps=2', *TINY]
+  first = run_py(*main_job, cwd=tmp_path)
+  assert (tmp_path / 'runs' / 'simclr_shapes' / 'ckpt-2.index').exists()
+  three = write_image_folder(tmp_path / 'three_classes', classes=3)
+  result = run_py(f'--dataset={three}', '--train_steps=2', *TINY, '--eval_batch_size=9', cwd=tmp_path)
+  assert 'Training finished' not in result.stdout and 'Data: ' in result.stdout
+  outcome = json.load(open(tmp_path / 'runs' / 'three_classes' / 'result.json'))
+  assert outcome['eval/num_examples'] == 9  # 3 classes x 3 test images: the folder's, not the shapes' 128
+  assert json.load(open(tmp_path / 'runs' / 'three_classes' / 'flags.json'))['dataset'] == three
+
+  main_dir = tmp_path / 'runs' / 'simclr_shapes'
+  files = {p: os.path.getmtime(p) for p in glob.glob(str(main_dir / '**'), recursive=True) if os.path.isfile(p)}
+  ten = write_image_folder(tmp_path / 'ten_classes', classes=10)
+  for extra, differs in (([f'--dataset={ten}'], f'--dataset=simclr_shapes there, {ten} here'),
+                         (['--train_steps=500'], '--train_steps=2 there, 500 here')):
+    start = time.monotonic()
+    result = run_py(*main_job, '--model_dir=runs/simclr_shapes', *extra, check=False, cwd=tmp_path)
+    assert result.returncode == 1 and time.monotonic() - start < 60
+    assert result.stderr.strip().splitlines() == [
+        f'Error: --model_dir=runs/simclr_shapes holds another run: {differs}. Give a new --model_dir for this one, '
+        'or that run\'s own flags to resume it.']
+    assert 'Preparing data' not in result.stdout
+  assert files == {p: os.path.getmtime(p) for p in glob.glob(str(main_dir / '**'), recursive=True)
+                   if os.path.isfile(p)}
+  again = run_py(*main_job, cwd=tmp_path)
+  assert 'Training finished at step 2; results in runs/simclr_shapes/result.json' in again.stdout
+  assert again.stdout.strip().splitlines()[-2:] == first.stdout.strip().splitlines()[-3:-1]
+
+
+def test_the_default_model_dir_follows_the_dataset_the_train_mode_and_the_model_file(tmp_path):
+  folder = tmp_path / 'my photos'
+  folder.mkdir()
+  assert config_lib.default_model_dir(config()) == 'runs/simclr_shapes'
+  assert config_lib.default_model_dir(config(dataset=str(folder) + '/')) == 'runs/my_photos'
+  assert config_lib.default_model_dir(config(dataset='imagenet2012_subset/10pct', train_mode='finetune',
+                                             checkpoint='x')) == 'runs/imagenet2012_subset_10pct-finetune'
+  assert config_lib.default_model_dir(config(mode='export', checkpoint='gs://b/r50_1x_sk0/saved_model/')) == \
+      'runs/r50_1x_sk0-export'
+  assert config_lib.default_model_dir(config(mode='eval', checkpoint='runs/x/ckpt-100')) == 'runs/x-eval'
+  assert config_lib.default_model_dir(config(mode='eval')) == 'runs/simclr_shapes'  # a run's own directory
+
+
+def test_run_differences_name_what_defines_a_run_and_nothing_else():
+  saved = config(train_steps=4).flat()
+  assert config_lib.run_differences(saved, config(train_steps=4, precision='mixed_bfloat16', mode='train',
+                                                  keep_checkpoint_max=1, eval_batch_size=8)) == []
+  assert config_lib.run_differences(saved, config(train_steps=8, temperature=0.2)) == [
+      ('train_steps', 4, 8), ('temperature', 0.5, 0.2)]
+  older = {k: v for k, v in saved.items() if k != 'crop_min_area'}  # a flags.json from before the flag
+  assert config_lib.run_differences(older, config(train_steps=4)) == []
+  assert config_lib.run_differences(older, config(train_steps=4, crop_min_area=0.2)) == [('crop_min_area', 0.08, 0.2)]
 
 
 def test_bad_paths_fail_before_any_data_is_loaded_and_leave_no_folder(tmp_path):
