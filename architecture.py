@@ -21,6 +21,7 @@ import dataclasses
 import math
 import os
 import re
+import typing
 
 from absl import logging
 import numpy as np
@@ -29,6 +30,7 @@ from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 import model as model_lib
 import resnet
+import resnet_shapes
 import rundir
 
 # The structure of a SimCLR model: attribute names of the authors' tf2 code, which this project's layers keep.
@@ -51,7 +53,7 @@ class ModelFileError(ValueError):
   """A model file that cannot be used as asked; the one-line message names the file."""
 
 
-def first_line(error):
+def first_line(error: BaseException) -> str:
   """`Class: first line` of an exception, for one-line messages."""
   return f'{error.__class__.__name__}: {str(error).strip().splitlines()[0][:200] if str(error).strip() else ""}'
 
@@ -59,7 +61,8 @@ def first_line(error):
 # ------------------------------------------------------------------------------------------- structure
 
 
-def _structural_keys(root, children, is_variable):
+def _structural_keys(root: typing.Any, children: typing.Callable[[typing.Any], typing.Iterable[tuple[str, typing.Any]]],
+                     is_variable: typing.Callable[[typing.Any], bool]) -> dict:
   """{structural key: leaf} of the variables below `root` (a model), reached through SimCLR attributes only.
 
   `children(node)` yields `(name, child)` edges; list items are named `<list>/<i>` (the authors' code, Keras
@@ -106,7 +109,7 @@ def _structural_keys(root, children, is_variable):
   return keys
 
 
-def model_variables(model):
+def model_variables(model: model_lib.SimCLRModel) -> dict:
   """{structural key: variable} of a `model.SimCLRModel`."""
   def children(obj):  # pylint: disable=protected-access
     return obj._trackable_children('checkpoint').items() if hasattr(obj, '_trackable_children') else ()
@@ -117,25 +120,25 @@ def model_variables(model):
 class _ObjectGraph:
   """The object graph of a TF2 checkpoint: nodes by id, their named children and checkpoint keys."""
 
-  def __init__(self, prefix):
+  def __init__(self, prefix: str) -> None:
     self.reader = tf.train.load_checkpoint(prefix)
     self.proto = trackable_object_graph_pb2.TrackableObjectGraph()
     self.proto.ParseFromString(self.reader.get_tensor(_OBJECT_GRAPH))
     self.shapes = self.reader.get_variable_to_shape_map()
 
-  def children(self, node_id):
+  def children(self, node_id: int) -> list[tuple[str, int]]:
     return [(child.local_name, child.node_id) for child in self.proto.nodes[node_id].children]
 
-  def checkpoint_key(self, node_id):
+  def checkpoint_key(self, node_id: int) -> typing.Optional[str]:
     for attribute in self.proto.nodes[node_id].attributes:
       if attribute.name == _VARIABLE_VALUE:
         return attribute.checkpoint_key
     return None
 
-  def child(self, node_id, name):
+  def child(self, node_id: int, name: str) -> typing.Optional[int]:
     return next((c for n, c in self.children(node_id) if n == name), None)
 
-  def variables_below(self, node_id):
+  def variables_below(self, node_id: int) -> set[int]:
     """Every variable node reachable from `node_id` through any edge."""
     found, stack, seen = set(), [node_id], {node_id}
     while stack:
@@ -165,28 +168,30 @@ class Architecture:
   proj_head_mode: str
   num_proj_layers: int
   proj_out_dim: int
-  num_classes: int = None
+  num_classes: typing.Optional[int] = None
   ft_proj_selector: int = 0
-  linear_eval_endpoint: str = None
+  linear_eval_endpoint: typing.Optional[str] = None
 
   MODEL_FLAGS = ('resnet_depth', 'width_multiplier', 'cifar_stem', 'sk_ratio', 'se_ratio', 'proj_head_mode',
                  'num_proj_layers', 'proj_out_dim')
 
-  def model_flags(self):
+  def model_flags(self) -> dict:
     return {name: getattr(self, name) for name in self.MODEL_FLAGS}
 
-  def contradictions(self, given):
+  def contradictions(self, given: dict) -> list[tuple[str, typing.Any, typing.Any]]:
     """[(flag, given value, file value)] for the flag values in `given` that would build another network."""
-    conv_widths = lambda w: [resnet.channels(m, w) for m, _ in _width_rules(resnet.expansion(self.resnet_depth))]
-    filters = resnet.group_widths(self.width_multiplier)
+    rules = _width_rules(resnet_shapes.expansion(self.resnet_depth))
+    conv_widths = lambda w: [resnet_shapes.channels(m, w) for m, _ in rules]
+    filters = resnet_shapes.group_widths(self.width_multiplier)
     mode = given.get('proj_head_mode', self.proj_head_mode)
     same = {
         'width_multiplier': lambda w: conv_widths(w) == conv_widths(self.width_multiplier),
         'sk_ratio': lambda r: (r > 0) == (self.sk_ratio > 0) and (
-            r == 0 or [resnet.sk_attention_width(f, r) for f in filters] ==
-            [resnet.sk_attention_width(f, self.sk_ratio) for f in filters]),
+            r == 0 or [resnet_shapes.sk_attention_width(f, r) for f in filters] ==
+            [resnet_shapes.sk_attention_width(f, self.sk_ratio) for f in filters]),
         'se_ratio': lambda r: (r > 0) == (self.se_ratio > 0) and (
-            r == 0 or [resnet.se_width(f, r) for f in filters] == [resnet.se_width(f, self.se_ratio) for f in filters]),
+            r == 0 or [resnet_shapes.se_width(f, r) for f in filters] ==
+            [resnet_shapes.se_width(f, self.se_ratio) for f in filters]),
         'proj_head_mode': lambda mode: {'none': 0, 'linear': 1}.get(mode, self.num_proj_layers or -1) ==
                                        self.num_proj_layers,
         'num_proj_layers': lambda n: mode != 'nonlinear' or n == self.num_proj_layers,
@@ -196,7 +201,7 @@ class Architecture:
     return [(name, value, getattr(self, name)) for name, value in given.items()
             if name in self.MODEL_FLAGS and not equal(name, value)]
 
-  def as_is_flags(self):
+  def as_is_flags(self) -> dict:
     """run.py flag values that build this network with its heads as they are (to use it, not to train it)."""
     flags = dict(self.model_flags(), fine_tune_after_block=-1, zero_init_logits_layer=False)
     if self.num_classes is None:
@@ -205,7 +210,8 @@ class Architecture:
       return dict(flags, train_mode='linear_eval', linear_eval_endpoint=self.linear_eval_endpoint)
     return dict(flags, train_mode='finetune', ft_proj_selector=self.ft_proj_selector)
 
-  def head_fits(self, num_classes, train_mode, ft_proj_selector, linear_eval_endpoint):
+  def head_fits(self, num_classes: typing.Optional[int], train_mode: str, ft_proj_selector: int,
+                linear_eval_endpoint: typing.Optional[str]) -> bool:
     """Whether the file's supervised head is the one a model of these settings has: same classes, same input."""
     if self.num_classes != num_classes:
       return False
@@ -215,7 +221,7 @@ class Architecture:
     return self.linear_eval_endpoint is None and self.ft_proj_selector == model_lib.selector_index(
         ft_proj_selector, self.num_proj_layers)
 
-  def describe(self):
+  def describe(self) -> str:
     net = f'ResNet-{self.resnet_depth} x{self.width_multiplier:g}'
     net += f' SK {self.sk_ratio:g}' if self.sk_ratio else ''
     net += f' SE {self.se_ratio:g}' if self.se_ratio else ''
@@ -228,13 +234,14 @@ class Architecture:
     return f'{net}, {head}, supervised head {self.num_classes} classes on {reads}'
 
 
-def _solve_ratio(observed, rule, common):
+def _solve_ratio(observed: dict[float, int], rule: typing.Callable[[float, float], int],
+                 common: typing.Sequence[float]) -> typing.Optional[float]:
   """The ratio r with rule(filters, r) == value for every observed {filters: value}; `common` ones first."""
   candidates = list(common) + [v / f for f, v in observed.items()] + [(v + 0.5) / f for f, v in observed.items()]
   return next((r for r in candidates if all(rule(f, r) == v for f, v in observed.items())), None)
 
 
-def _width_rules(expansion):
+def _width_rules(expansion: int) -> list[tuple[int, typing.Optional[str]]]:
   """[(width at 1x, key of a conv of that width)] that tell the width multiplier: the stem's last conv (key None),
   each group's first conv and (bottlenecks) its 4x shortcut conv."""
   main, shortcut = (('conv2d_bn_layers', 'shortcut_layers') if expansion == 1 else
@@ -248,19 +255,19 @@ def _width_rules(expansion):
   return rules
 
 
-def _solve_width(observed):
+def _solve_width(observed: typing.Sequence[tuple[int, int]]) -> typing.Optional[float]:
   """The width multiplier with the fewest decimals that gives every observed (width at 1x, channels) as the
   authors' code does (truncating), or None. Width 0.1 gives 6, 12, 25, 51: no single conv tells it."""
   low = max(c / m for m, c in observed)
   high = min((c + 1) / m for m, c in observed)
   for decimals in range(8):
     width = math.ceil(low * 10 ** decimals - 1e-9) / 10 ** decimals
-    if width < high and all(resnet.channels(m, width) == c for m, c in observed):
+    if width < high and all(resnet_shapes.channels(m, width) == c for m, c in observed):
       return width
   return low if low < high else None
 
 
-def _infer_architecture(shapes, name):
+def _infer_architecture(shapes: dict[str, tuple], name: str) -> Architecture:
   """The `Architecture` whose variables have these {structural key: shape}, head position left at 0."""
   def fail(why):
     raise ModelFileError(f'{name} is not a SimCLR model this project can build: {why}.')
@@ -274,9 +281,9 @@ def _infer_architecture(shapes, name):
   blocks = tuple(count(f'{ENCODER}/block_groups/{g}/layers/') for g in range(count(f'{ENCODER}/block_groups/')))
   first = f'{ENCODER}/block_groups/0/layers/0/'
   block = 'basic' if any(k.startswith(first + 'conv2d_bn_layers/') for k in shapes) else 'bottleneck'
-  depth = next((d for d, spec in resnet.ARCHITECTURES.items() if spec == (block, blocks)), None)
+  depth = next((d for d, spec in resnet_shapes.ARCHITECTURES.items() if spec == (block, blocks)), None)
   if depth is None:
-    fail(f'{block} blocks per group {blocks} are not a ResNet-{"/".join(map(str, resnet.SUPPORTED_DEPTHS))}')
+    fail(f'{block} blocks per group {blocks} are not a ResNet-{"/".join(map(str, resnet_shapes.SUPPORTED_DEPTHS))}')
   stem_conv = ENCODER + r'/initial_conv_relu_max_pool/(\d+)/conv2d/kernel'
   stem = [shapes[key] for key in sorted((k for k in shapes if re.fullmatch(stem_conv, k)),
                                         key=lambda k: int(re.fullmatch(stem_conv, k).group(1)))]
@@ -284,25 +291,25 @@ def _infer_architecture(shapes, name):
     fail('it has no stem convolution')
   cifar_stem = len(stem) == 1 and stem[0][0] == 3
   resnet_d = len(stem) == 3
-  rules = _width_rules(resnet.expansion(depth))
+  rules = _width_rules(resnet_shapes.expansion(depth))
   if any(key not in shapes for _, key in rules[1:]):
     fail('a block group\'s first block lacks a convolution')
   observed = [(m, (stem[-1] if key is None else shapes[key])[-1]) for m, key in rules]
   width = _solve_width(observed)
   if width is None:
     fail(f'no width multiplier gives its channels {[c for _, c in observed]}')
-  filters = resnet.group_widths(width)
+  filters = resnet_shapes.group_widths(width)
   in_block = ENCODER + r'/block_groups/\d+/layers/\d+/'
   sk_widths = {filters[int(k.split('/')[2])]: shape[-1] for k, shape in shapes.items()
                if re.fullmatch(in_block + r'conv_relu_dropblock_layers/\d+/conv2d_0/kernel', k)}
   sk_ratio = 0.0
   if sk_widths or resnet_d:
-    sk_ratio = _solve_ratio(sk_widths, resnet.sk_attention_width, (0.0625,)) if sk_widths else 0.0625
+    sk_ratio = _solve_ratio(sk_widths, resnet_shapes.sk_attention_width, (0.0625,)) if sk_widths else 0.0625
     if sk_ratio is None:
       fail(f'no selective-kernel ratio gives attention widths {sk_widths}')
   se_widths = {filters[int(k.split('/')[2])]: shape[-1] for k, shape in shapes.items()
                if re.fullmatch(in_block + r'(se_layer|conv_relu_dropblock_layers/\d+)/se_reduce/kernel', k)}
-  se_ratio = _solve_ratio(se_widths, resnet.se_width, (0.25, 0.0625, 0.125, 0.5)) if se_widths else 0.0
+  se_ratio = _solve_ratio(se_widths, resnet_shapes.se_width, (0.25, 0.0625, 0.125, 0.5)) if se_widths else 0.0
   if se_ratio is None:
     fail(f'no squeeze-excitation ratio gives widths {se_widths}')
   layers = count(f'{PROJECTION_HEAD}/linear_layers/')
@@ -314,13 +321,14 @@ def _infer_architecture(shapes, name):
       num_classes=int(head[-1]) if head else None)
 
 
-def _head_positions(arch, head_input_width):
+def _head_positions(arch: Architecture, head_input_width: int) -> list[tuple[int, typing.Optional[str]]]:
   """[(ft_proj_selector, linear_eval_endpoint)] whose features have the supervised head's input width."""
-  final = resnet.output_width(arch.resnet_depth, arch.width_multiplier)
+  final = resnet_shapes.output_width(arch.resnet_depth, arch.width_multiplier)
   widths = [final] * arch.num_proj_layers + [arch.proj_out_dim if arch.num_proj_layers else final]
   positions = [(j, None) for j, width in enumerate(widths) if width == head_input_width]
   for g in range(3):  # a linear-evaluation head on an earlier block group (--linear_eval_endpoint)
-    if resnet.channels(64 * 2 ** g * resnet.expansion(arch.resnet_depth), arch.width_multiplier) == head_input_width:
+    width = resnet_shapes.channels(64 * 2 ** g * resnet_shapes.expansion(arch.resnet_depth), arch.width_multiplier)
+    if width == head_input_width:
       positions.append((0, f'block_group{g + 1}'))
   return positions
 
@@ -335,17 +343,17 @@ class ModelFile:
   kind: str  # 'SavedModel' or 'training checkpoint'
   authors: bool  # written by the SimCLR authors' code (else by this project)
   prefix: str
-  saved_model_dir: str
+  saved_model_dir: typing.Optional[str]
   step: int
   architecture: Architecture
   tensors: dict
 
-  def describe(self):
+  def describe(self) -> str:
     who = "the authors'" if self.authors else "this project's"
     return f'{who} {self.kind} {self.path} (step {self.step}): {self.architecture.describe()}'
 
 
-def resolve(path):
+def resolve(path: str) -> tuple[str, str, typing.Optional[str]]:
   """(kind, variables prefix, SavedModel dir or None) of a model path: a SavedModel (or the folder holding
   `saved_model/`), a checkpoint prefix `ckpt-N`, or a folder with a `checkpoint` file (its latest)."""
   path = path.rstrip('/') if len(path) > 1 else path
@@ -374,7 +382,7 @@ def resolve(path):
   raise ModelFileError(f'{path} does not exist.')
 
 
-def _latest_checkpoint(folder):
+def _latest_checkpoint(folder: str) -> typing.Optional[str]:
   """The prefix a folder's `checkpoint` file names -- beside it if the recorded path is elsewhere (a folder copied
   from another machine or bucket keeps the absolute paths it was written with) -- else the folder's newest
   `ckpt-<step>`, else None."""
@@ -392,7 +400,7 @@ def _latest_checkpoint(folder):
   return paths[-1] if paths else None
 
 
-def inspect(path):
+def inspect(path: str) -> ModelFile:
   """Reads what `path` holds -- format, step and network -- from its object graph, without its tensors."""
   kind, prefix, saved_model_dir = resolve(path)
   try:
@@ -426,7 +434,7 @@ def inspect(path):
   return dataclasses.replace(file, architecture=arch)
 
 
-def _step(graph, kind, prefix, saved_model_dir):
+def _step(graph: _ObjectGraph, kind: str, prefix: str, saved_model_dir: typing.Optional[str]) -> int:
   """The global step: the authors' `global_step` variable, this project's `ckpt-<step>` name, or an export's
   `saved_model/<step>` folder; else 0."""
   node = graph.child(0, 'global_step')
@@ -437,7 +445,7 @@ def _step(graph, kind, prefix, saved_model_dir):
   return int(number) if number.isdigit() else 0
 
 
-def _head_position(file, graph):
+def _head_position(file: ModelFile, graph: _ObjectGraph) -> dict:
   """Where the file's supervised head reads, when its input width leaves several layers possible: found by
   running the SavedModel, or from the flags.json of the run that wrote the checkpoint."""
   arch = file.architecture
@@ -464,7 +472,7 @@ def _head_position(file, graph):
   return {'ft_proj_selector': chosen[0], 'linear_eval_endpoint': chosen[1]}
 
 
-def _head_position_from_flags(file, positions):
+def _head_position_from_flags(file: ModelFile, positions: list[tuple]) -> typing.Optional[tuple]:
   folder = os.path.dirname(file.prefix)
   for run_dir in (folder, os.path.dirname(folder)):
     try:
@@ -481,7 +489,7 @@ def _head_position_from_flags(file, positions):
   return None
 
 
-def _probe_head_position(file, graph, positions):
+def _probe_head_position(file: ModelFile, graph: _ObjectGraph, positions: list[tuple]) -> tuple:
   """Runs the SavedModel on a few images and recomputes its logits from each candidate layer's features."""
   loaded = tf.saved_model.load(file.saved_model_dir)
   size = 32 if file.architecture.cifar_stem else 64

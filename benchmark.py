@@ -61,7 +61,9 @@ with progress.native_stderr_silenced():  # what TensorFlow's C++ prints while lo
 import config  # pylint: disable=g-import-not-at-top
 import data  # pylint: disable=g-import-not-at-top
 import data_util  # pylint: disable=g-import-not-at-top
+import metrics  # pylint: disable=g-import-not-at-top
 import model as model_lib  # pylint: disable=g-import-not-at-top
+import optimization  # pylint: disable=g-import-not-at-top
 import train  # pylint: disable=g-import-not-at-top
 
 
@@ -106,9 +108,10 @@ def bench_dataset_input(args):
   start = time.perf_counter()
   source = data.load_source(args.dataset, args.data_dir, cache_dir=args.cache_dir)
   loaded = time.perf_counter() - start
-  dataset = data.build_dataset(source, args.split, args.batch_size, is_training=True, train_mode=args.train_mode,
-                               image_size=args.image_size, color_jitter_strength=args.color_jitter_strength,
+  settings = config.DataConfig(image_size=args.image_size, color_jitter_strength=args.color_jitter_strength,
                                use_blur=args.use_blur)
+  dataset = data.build_dataset(source, args.split, args.batch_size, settings, is_training=True,
+                               train_mode=args.train_mode)
   iterator = iter(dataset)
   next(iterator)
   first = time.perf_counter() - start
@@ -211,10 +214,11 @@ def bench_train(args):
   if args.replicas > 1:  # before TensorFlow initialises its devices
     cpu = tf.config.list_physical_devices('CPU')[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * args.replicas)
+  precision, why = model_lib.resolve_precision(args.precision)
   cfg = config.Config.defaults(resnet_depth=args.resnet_depth, width_multiplier=args.width_multiplier,
                                image_size=args.image_size, train_batch_size=args.train_batch_size,
                                use_blur=args.use_blur, global_bn=args.global_bn or args.replicas > 1,
-                               precision=args.precision, jit_compile=args.jit_compile, train_steps=1_000_000,
+                               precision=precision, jit_compile=args.jit_compile, train_steps=1_000_000,
                                weight_decay=1e-6, temperature=0.1, learning_rate=0.3)
   if args.replicas > 1:
     strategy = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices('CPU')])
@@ -225,7 +229,7 @@ def bench_train(args):
     model, optimizer, _ = train.build_training(cfg, strategy, num_classes=10, num_examples=50_000)
   if args.global_bn and args.replicas == 1:  # the authors' reference: synchronized BatchNorm on one replica
     model = model_lib.build(cfg, 10, num_replicas=2)
-    optimizer = model_lib.build_optimizer('lars', 0.3, 0.9, 1e-6, args.precision)
+    optimizer = optimization.build_optimizer('lars', 0.3, 0.9, 1e-6, cfg.model.precision)
     optimizer.build(model.trainable_variables)
   step = train.make_train_step(cfg.optim, cfg.run.train_mode, model, optimizer, strategy)
   rng = np.random.default_rng(0)
@@ -234,13 +238,14 @@ def bench_train(args):
   labels = tf.one_hot(rng.integers(0, 10, args.train_batch_size), 10)
   replica_batch = data.split_batch(strategy, images), data.split_batch(strategy, labels)
   compiled = tf.function(
-      lambda: strategy.reduce('MEAN', strategy.run(step, args=replica_batch)['train/total_loss'], axis=None))
+      lambda: strategy.reduce('MEAN', strategy.run(step, args=replica_batch)[metrics.TOTAL_LOSS], axis=None))
   rate = _steady_state_rate(lambda: compiled().numpy(), args.train_batch_size, args.seconds, warmup_batches=3)
   print(f'train: resnet_depth={args.resnet_depth} width_multiplier={args.width_multiplier} '
         f'image_size={args.image_size} train_batch_size={args.train_batch_size} global_bn={cfg.model.global_bn} '
-        f'replicas={args.replicas} precision={args.precision} jit_compile={args.jit_compile} '
+        f'replicas={args.replicas} precision={precision} jit_compile={args.jit_compile} '
         f'seconds={args.seconds}')
   print(runtime.describe_kernels())
+  print(f'Precision: {precision} ({why}).')
   print(f'peak_rss_mb: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}')
   if args.replicas == 1:
     gflops = conv_gflops_per_step(model, images)
@@ -295,6 +300,9 @@ def bench_curve(args):
   print(f'curve: {args.out}')
 
 
+DEFAULTS = config.Config()  # run.py's defaults are the benchmarks' too
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   commands = parser.add_subparsers(dest='command', required=True)
@@ -306,23 +314,25 @@ def main(argv=None):
   inp.add_argument('--train_mode', default='pretrain', choices=('pretrain', 'finetune'), help='with --dataset')
   inp.add_argument('--cache_dir', default=None,
                    help='with --dataset: image-folder cache (default $XDG_CACHE_HOME/simclr_tf2/image_folders)')
-  inp.add_argument('--image_size', type=int, default=32)
+  inp.add_argument('--image_size', type=int, default=DEFAULTS.data.image_size)
   inp.add_argument('--source_size', type=int, default=None, help='source image side (default: image_size)')
-  inp.add_argument('--batch_size', type=int, default=128)
-  inp.add_argument('--use_blur', type=_bool, default=False)
-  inp.add_argument('--color_jitter_strength', type=float, default=1.0)
+  inp.add_argument('--batch_size', type=int, default=DEFAULTS.optim.train_batch_size)
+  inp.add_argument('--use_blur', type=_bool, default=DEFAULTS.data.use_blur)
+  inp.add_argument('--color_jitter_strength', type=float, default=DEFAULTS.data.color_jitter_strength)
   inp.add_argument('--num_source_images', type=int, default=512)
   inp.add_argument('--seconds', type=float, default=20.0)
   tr = commands.add_parser('train', help='the pretraining step, without input pipeline')
-  tr.add_argument('--resnet_depth', type=int, default=18)
-  tr.add_argument('--width_multiplier', type=float, default=1.0)
-  tr.add_argument('--image_size', type=int, default=32)
-  tr.add_argument('--train_batch_size', type=int, default=128)
-  tr.add_argument('--use_blur', type=_bool, default=False, help='(blur is in the input pipeline: no effect)')
+  tr.add_argument('--resnet_depth', type=int, default=DEFAULTS.model.resnet_depth)
+  tr.add_argument('--width_multiplier', type=float, default=DEFAULTS.model.width_multiplier)
+  tr.add_argument('--image_size', type=int, default=DEFAULTS.data.image_size)
+  tr.add_argument('--train_batch_size', type=int, default=DEFAULTS.optim.train_batch_size)
+  tr.add_argument('--use_blur', type=_bool, default=DEFAULTS.data.use_blur,
+                  help='(blur is in the input pipeline: no effect)')
   tr.add_argument('--global_bn', type=_bool, default=False,
                   help='synchronized BatchNorm on one replica, as the authors\' code always does')
   tr.add_argument('--replicas', type=int, default=1, help='logical CPU devices to split the batch over')
-  tr.add_argument('--precision', default='float32', choices=model_lib.PRECISIONS)
+  tr.add_argument('--precision', default='auto', choices=config.PRECISIONS,
+                  help='auto: what run.py picks on this machine (runtime.choose_precision)')
   tr.add_argument('--jit_compile', type=_bool, default=False, help='compile the step with XLA')
   tr.add_argument('--seconds', type=float, default=40.0)
   tr.add_argument('--peak_seconds', type=float, default=5.0,

@@ -18,14 +18,47 @@ import os
 import re
 import typing
 
-import model as model_lib
-import resnet
-import shapes_dataset
+import resnet_shapes
 
 MODES = ('train', 'eval', 'train_then_eval', 'embed_plot', 'export')
-# Modes that train a classifier on (a fraction of) the labels, starting from --checkpoint.
-LABELED_MODES = ('finetune', 'linear_eval')
-EMBEDDED_DATASET = shapes_dataset.NAME
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainMode:
+  """What a --train_mode is, for every module that depends on it (declared here only: TRAIN_MODE)."""
+  name: str
+  help: str
+  views: int  # views of each image in a training batch (2: NT-Xent's pairs)
+  labeled: bool  # trains a classifier on (a fraction of) the labels, starting from --checkpoint
+  frozen_encoder: bool  # encoder and projection head frozen, BatchNorm on its moving statistics
+  head_trains_encoder: bool  # the supervised head's gradient reaches the encoder
+  teacher: bool  # learns the predictions of --teacher
+  result: str  # what its classifier is called where a run prints its evaluation
+
+
+TRAIN_MODE = {mode.name: mode for mode in (
+    TrainMode('pretrain', 'contrastive learning (+ the online linear head on stop-gradient features)', views=2,
+              labeled=False, frozen_encoder=False, head_trains_encoder=False, teacher=False,
+              result='Online linear head'),
+    TrainMode('finetune', 'supervised, from --checkpoint', views=1, labeled=True, frozen_encoder=False,
+              head_trains_encoder=True, teacher=False, result='Fine-tuned model'),
+    TrainMode('linear_eval', 'a linear head on the frozen encoder of --checkpoint (the paper\'s protocol)', views=1,
+              labeled=True, frozen_encoder=True, head_trains_encoder=False, teacher=False, result='Linear evaluation'),
+    TrainMode('distill', 'learn the predictions of --teacher on the (unlabeled) train images (SimCLRv2 section '
+              '2.3)', views=1, labeled=False, frozen_encoder=False, head_trains_encoder=True, teacher=True,
+              result='Distilled student'),
+)}
+TRAIN_MODES = tuple(TRAIN_MODE)
+LABELED_MODES = tuple(name for name, mode in TRAIN_MODE.items() if mode.labeled)
+PROJ_HEAD_MODES = ('none', 'linear', 'nonlinear')
+OPTIMIZERS = ('lars', 'momentum', 'adam')
+LR_SCALINGS = ('linear', 'sqrt')
+LR_DECAYS = ('cosine', 'linear')
+# Keras dtype policies. Mixed ones compute in 16 bits and keep float32 variables; BatchNorm statistics, NT-Xent
+# and softmax are float32, and every model output is float32. 'auto': runtime.choose_precision.
+PRECISIONS = ('auto', 'float32', 'mixed_bfloat16', 'mixed_float16')
+EXPORT_FORMATS = ('saved_model', 'torch', 'onnx')
+EMBEDDED_DATASET = 'simclr_shapes'  # shapes_dataset.py
 
 
 class UsageError(ValueError):
@@ -48,10 +81,11 @@ class ModelConfig:
   global_bn: bool = _option(True, 'Aggregate BatchNorm statistics across replicas.')
   batch_norm_decay: float = _option(0.9, 'BatchNorm moving-average decay.')
   precision: str = _option(
-      'float32', 'Keras dtype policy. mixed_bfloat16 for TPUs and CPUs with AMX/AVX512-BF16, mixed_float16 '
-      '(with dynamic loss scaling) for GPUs. BatchNorm statistics, NT-Xent and softmax stay float32.',
-      model_lib.PRECISIONS)
-  proj_head_mode: str = _option('nonlinear', 'Projection head.', model_lib.PROJ_HEAD_MODES)
+      'auto', 'Keras dtype policy. auto: mixed_bfloat16 where the hardware computes in bfloat16 (TPUs, CPUs with '
+      'AMX or AVX-512 BF16, GPUs of compute capability 8.0+), mixed_float16 (dynamic loss scaling) on GPUs of '
+      'compute capability 7.x, float32 elsewhere. Variables, BatchNorm statistics, NT-Xent and softmax stay '
+      'float32.', PRECISIONS)
+  proj_head_mode: str = _option('nonlinear', 'Projection head.', PROJ_HEAD_MODES)
   proj_out_dim: int = _option(128, 'Projection output dimension.')
   num_proj_layers: int = _option(3, 'Layers of the nonlinear projection head.')
   ft_proj_selector: int = _option(0, 'Projection-head layer to fine-tune from (0 = its input, -1 = its last).')
@@ -61,7 +95,7 @@ class ModelConfig:
       -1, 'Freeze the encoder up to block group k (0 = the stem, 4 = all: linear evaluation).')
   linear_eval_endpoint: str = _option(
       'final_avg_pool', '--train_mode=linear_eval: the encoder endpoint the linear head reads (spatial ones '
-      'pooled).', resnet.ENDPOINTS)
+      'pooled).', resnet_shapes.ENDPOINTS)
 
   def uses_cifar_stem(self, image_size):
     return image_size <= 32 if self.cifar_stem is None else self.cifar_stem
@@ -96,14 +130,21 @@ class DataConfig:
 class OptimConfig:
   """The training step -- its losses, optimizer, learning-rate schedule -- and how long it runs."""
   train_batch_size: int = _option(128, 'Global training batch size.')
-  train_epochs: int = _option(10, 'Training epochs (ignored when train_steps > 0).')
+  train_epochs: int = _option(10, 'Training epochs (ignored when train_steps > 0 or train_time is given).')
   train_steps: int = _option(0, 'Training steps; 0 = from train_epochs.')
+  train_time: str = _option(
+      '', 'A wall-clock budget for training, e.g. 90s, 60m, 1.5h: once the step has compiled and its speed is '
+      'measured, the number of steps is fixed to end within it (model_dir/schedule.json keeps it for a resume), '
+      'the kNN monitors and checkpoints accounted for; the schedule is laid over those steps. Excludes '
+      'train_steps.')
   warmup_epochs: float = _option(1.0, 'Linear warmup epochs.')
   learning_rate: float = _option(2.0, 'Base learning rate (scaled by learning_rate_scaling).')
   learning_rate_scaling: str = _option(
-      'linear', 'linear: lr * B / 256; sqrt: lr * sqrt(B).', model_lib.LR_SCALINGS)
+      'linear', 'linear: lr * B / 256; sqrt: lr * sqrt(B).', LR_SCALINGS)
+  learning_rate_decay: str = _option(
+      'cosine', 'Decay to 0 after the warmup: cosine (the paper) or linear.', LR_DECAYS)
   weight_decay: float = _option(1e-4, 'L2 weight decay.')
-  optimizer: str = _option('lars', 'Optimizer.', model_lib.OPTIMIZERS)
+  optimizer: str = _option('lars', 'Optimizer.', OPTIMIZERS)
   momentum: float = _option(0.9, 'Momentum.')
   temperature: float = _option(0.5, 'NT-Xent temperature.')
   hidden_norm: bool = _option(True, 'L2-normalise projections before NT-Xent (cosine similarity).')
@@ -111,6 +152,11 @@ class OptimConfig:
   distill_alpha: float = _option(
       0.0, 'Weight of the labeled cross-entropy added to the distillation loss (0: unlabeled only).')
   jit_compile: bool = _option(False, 'Compile the train step with XLA (off by default: slower on CPU).')
+
+  @property
+  def train_seconds(self):
+    """--train_time in seconds, 0 without a budget."""
+    return parse_duration(self.train_time)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,14 +194,17 @@ class RunConfig:
       'in model_dir (or --checkpoint) and a random encoder. export: model_dir/saved_model/<step>/ from '
       '--checkpoint (or model_dir\'s latest checkpoint), no training.', MODES)
   train_mode: str = _option(
-      'pretrain', 'pretrain: contrastive learning (+ online linear eval); finetune: supervised from '
-      '--checkpoint; linear_eval: a linear head on the frozen encoder of --checkpoint; distill: learn the '
-      'predictions of --teacher on the (unlabeled) train images.', model_lib.TRAIN_MODES)
+      'pretrain', '; '.join(f'{mode.name}: {mode.help}' for mode in TRAIN_MODE.values()) + '.', TRAIN_MODES)
   model_dir: typing.Optional[str] = _option(
       None, 'Checkpoints, summaries, results and exports go here; default: runs/<dataset> for pretraining, '
       'runs/<dataset>-<train_mode> for the other train modes, runs/<model name>-<mode> for --mode=eval, '
       'embed_plot or export of a --checkpoint. A run directory holds one run: a command whose settings differ '
       'from those of the run already there stops.')
+  export_format: str = _option(
+      'saved_model', '--mode=export: saved_model (TF Hub Reusable SavedModel, Keras 3 TFSMLayer; in float32), '
+      'torch (model_dir/torch/<step>/: model.safetensors, config.json and simclr_torch.py, the PyTorch module '
+      'that computes what the TF model does; also torchvision\'s key names for a plain ResNet-50/101/152) or '
+      'onnx (model_dir/onnx/<step>/model.onnx, dynamic batch; needs torch and onnx).', EXPORT_FORMATS)
   checkpoint: typing.Optional[str] = _option(
       None, 'The model to start from (fine-tune, linear_eval, pretrain) or to use (eval, embed_plot, export): '
       'a SavedModel or training checkpoint (prefix or folder) of this project or of the SimCLR authors\' tf2 '
@@ -185,18 +234,28 @@ GROUP_OF = {field.name: group for group, cls in GROUPS.items() for field in data
 # Settings of --mode=eval / embed_plot that describe this evaluation, not the run it evaluates (taken from the
 # run's flags.json otherwise).
 SESSION_FLAGS = frozenset({
-    'mode', 'model_dir', 'eval_split', 'eval_batch_size', 'eval_steps', 'eval_name', 'eval_timeout', 'checkpoint',
-    'teacher', 'random_init', 'use_tpu', 'tpu_name', 'tpu_zone', 'gcp_project', 'master', 'keep_checkpoint_max',
-    'keep_hub_module_max', 'strict_images', 'cache_dataset', 'jit_compile', 'linear_eval', 'linear_eval_max_examples',
-    'knn_max_examples'})
+    'mode', 'export_format', 'model_dir', 'eval_split', 'eval_batch_size', 'eval_steps', 'eval_name',
+    'eval_timeout', 'checkpoint', 'teacher', 'random_init', 'use_tpu', 'tpu_name', 'tpu_zone', 'gcp_project', 'master',
+    'keep_checkpoint_max', 'keep_hub_module_max', 'strict_images', 'cache_dataset', 'jit_compile', 'precision',
+    'linear_eval', 'linear_eval_max_examples', 'knn_max_examples'})
 
 
 # Settings of how and where a command runs, not of the run it makes: a run in model_dir continues (or reports
 # its results) under other values of these; every other setting must be what its flags.json says.
 OPERATIONAL_FLAGS = frozenset({
-    'mode', 'model_dir', 'data_dir', 'cache_dataset', 'strict_images', 'precision', 'jit_compile', 'use_tpu',
-    'tpu_name', 'tpu_zone', 'gcp_project', 'master', 'keep_checkpoint_max', 'keep_hub_module_max',
+    'mode', 'export_format', 'model_dir', 'data_dir', 'cache_dataset', 'strict_images', 'precision', 'jit_compile',
+    'use_tpu', 'tpu_name', 'tpu_zone', 'gcp_project', 'master', 'keep_checkpoint_max', 'keep_hub_module_max',
     'checkpoint_epochs', 'checkpoint_steps', 'train_summary_steps', 'eval_batch_size', 'eval_timeout', 'eval_name'})
+
+
+def parse_duration(text):
+  """Seconds of a duration `<number><s|m|h>` (e.g. 90s, 60m, 1.5h); 0 for ''. A bad one is a UsageError."""
+  if not text:
+    return 0.0
+  match = re.fullmatch(r'\s*(\d+(?:\.\d*)?|\.\d+)\s*([smh])\s*', text)
+  if not match or float(match.group(1)) <= 0:
+    raise UsageError(f'--train_time must be a positive duration such as 90s, 60m or 1.5h, got {text!r}.')
+  return float(match.group(1)) * {'s': 1, 'm': 60, 'h': 3600}[match.group(2)]
 
 
 def fields():
@@ -240,26 +299,24 @@ class Config:
     return self.model.uses_cifar_stem(self.data.image_size)
 
 
-def validate(cfg, num_replicas=1):
-  """Fails fast, with one line naming the flag, on combinations that would fail later or silently. Reads no
-  file (run.py checks model_dir's checkpoints where a mode needs them)."""
-  m, d, o, e, r = cfg.model, cfg.data, cfg.optim, cfg.eval, cfg.run
+def check_model(m, train_mode):
+  """Fails, with one line naming the flag, on model settings (a ModelConfig) that build no network in
+  `train_mode`; SimCLRModel checks its settings with this too."""
   depth = m.projection_layers
   checks = [
-      (o.train_batch_size < 1, f'--train_batch_size must be >= 1, got {o.train_batch_size}.'),
-      (e.eval_batch_size < 1, f'--eval_batch_size must be >= 1, got {e.eval_batch_size}.'),
-      (o.train_batch_size % num_replicas != 0,
-       f'--train_batch_size={o.train_batch_size} is not divisible by the {num_replicas} replicas.'),
-      (e.eval_batch_size % num_replicas != 0,
-       f'--eval_batch_size={e.eval_batch_size} is not divisible by the {num_replicas} replicas.'),
-      (m.resnet_depth not in resnet.SUPPORTED_DEPTHS,
-       f'--resnet_depth must be one of {", ".join(map(str, resnet.SUPPORTED_DEPTHS))}, got {m.resnet_depth}.'),
-      (not m.width_multiplier > 0 or resnet.channels(64, m.width_multiplier) < 2,
+      (train_mode not in TRAIN_MODES, f'--train_mode must be one of {", ".join(TRAIN_MODES)}, got {train_mode!r}.'),
+      (m.proj_head_mode not in PROJ_HEAD_MODES,
+       f'--proj_head_mode must be one of {", ".join(PROJ_HEAD_MODES)}, got {m.proj_head_mode!r}.'),
+      (m.linear_eval_endpoint not in resnet_shapes.ENDPOINTS,
+       f'--linear_eval_endpoint must be one of {", ".join(resnet_shapes.ENDPOINTS)}, got {m.linear_eval_endpoint!r}.'),
+      (m.resnet_depth not in resnet_shapes.SUPPORTED_DEPTHS,
+       f'--resnet_depth must be one of {", ".join(map(str, resnet_shapes.SUPPORTED_DEPTHS))}, got {m.resnet_depth}.'),
+      (not m.width_multiplier > 0 or resnet_shapes.channels(64, m.width_multiplier) < 2,
        f'--width_multiplier must be > 0 and leave at least 2 stem channels (>= 1/32), got {m.width_multiplier}.'),
-      (m.sk_ratio > 0 and m.width_multiplier > 0 and m.resnet_depth in resnet.SUPPORTED_DEPTHS and
-       not resnet.selective_kernels_fit(m.resnet_depth, m.width_multiplier),
+      (m.sk_ratio > 0 and m.width_multiplier > 0 and m.resnet_depth in resnet_shapes.SUPPORTED_DEPTHS and
+       not resnet_shapes.selective_kernels_fit(m.resnet_depth, m.width_multiplier),
        f'--width_multiplier={m.width_multiplier} with --sk_ratio: selective kernels need even widths, and '
-       f'{resnet.selective_kernel_widths(m.width_multiplier)} are not all even.'),
+       f'{resnet_shapes.selective_kernel_widths(m.width_multiplier)} are not all even.'),
       (not 0 <= m.sk_ratio < 1, f'--sk_ratio must be in [0, 1) (SimCLRv2: 0.0625), got {m.sk_ratio}.'),
       (not 0 <= m.se_ratio <= 1, f'--se_ratio must be in [0, 1], got {m.se_ratio}.'),
       (m.proj_out_dim < 1, f'--proj_out_dim must be >= 1, got {m.proj_out_dim}.'),
@@ -271,28 +328,50 @@ def validate(cfg, num_replicas=1):
       (m.fine_tune_after_block not in range(-1, 5), f'--fine_tune_after_block must be in -1..4, got '
                                                      f'{m.fine_tune_after_block}.'),
       (not 0 < m.batch_norm_decay < 1, f'--batch_norm_decay must be in (0, 1), got {m.batch_norm_decay}.'),
-      (r.train_mode == 'pretrain' and m.fine_tune_after_block != -1,
+      (train_mode == 'pretrain' and m.fine_tune_after_block != -1,
        '--fine_tune_after_block freezes layers, which pretraining does not support: set it to -1.'),
+      (train_mode in TRAIN_MODE and TRAIN_MODE[train_mode].frozen_encoder and m.fine_tune_after_block not in (-1, 4),
+       '--train_mode=linear_eval freezes the whole encoder: leave --fine_tune_after_block at -1 (or 4).'),
+  ]
+  for failed, message in checks:
+    if failed:
+      raise UsageError(message)
+
+
+def validate(cfg, num_replicas=1):
+  """Fails fast, with one line naming the flag, on combinations that would fail later or silently. Reads no
+  file (run.py checks model_dir's checkpoints where a mode needs them)."""
+  m, d, o, e, r = cfg.model, cfg.data, cfg.optim, cfg.eval, cfg.run
+  check_model(m, r.train_mode)
+  budget = o.train_seconds  # a bad --train_time raises here
+  checks = [
+      (o.train_batch_size < 1, f'--train_batch_size must be >= 1, got {o.train_batch_size}.'),
+      (e.eval_batch_size < 1, f'--eval_batch_size must be >= 1, got {e.eval_batch_size}.'),
+      (o.train_batch_size % num_replicas != 0,
+       f'--train_batch_size={o.train_batch_size} is not divisible by the {num_replicas} replicas.'),
+      (e.eval_batch_size % num_replicas != 0,
+       f'--eval_batch_size={e.eval_batch_size} is not divisible by the {num_replicas} replicas.'),
       (r.mode in ('eval', 'train_then_eval') and r.train_mode == 'pretrain' and
        not m.lineareval_while_pretraining and not (r.mode == 'eval' and r.checkpoint),
        f'--mode={r.mode} has nothing to evaluate: pretraining without --lineareval_while_pretraining has no '
        'classifier. Use --mode=train, or keep the online linear head.'),
       (not 0 < d.label_fraction <= 1, f'--label_fraction must be in (0, 1], got {d.label_fraction}.'),
-      (d.label_fraction < 1 and r.train_mode not in LABELED_MODES,
+      (d.label_fraction < 1 and not TRAIN_MODE[r.train_mode].labeled,
        '--label_fraction applies to --train_mode=finetune or linear_eval; pretraining and distillation use '
        'every (unlabeled) train image.'),
-      (r.train_mode == 'linear_eval' and m.fine_tune_after_block not in (-1, 4),
-       '--train_mode=linear_eval freezes the whole encoder: leave --fine_tune_after_block at -1 (or 4).'),
-      (r.train_mode == 'distill' and r.mode in ('train', 'train_then_eval') and not r.teacher,
+      (TRAIN_MODE[r.train_mode].teacher and r.mode in ('train', 'train_then_eval') and not r.teacher,
        '--train_mode=distill needs --teacher (a SavedModel, model_dir or checkpoint of a fine-tuned model).'),
-      (r.teacher and r.train_mode != 'distill', '--teacher applies to --train_mode=distill only.'),
+      (r.teacher and not TRAIN_MODE[r.train_mode].teacher, '--teacher applies to --train_mode=distill only.'),
       (o.distill_temperature <= 0, f'--distill_temperature must be > 0, got {o.distill_temperature}.'),
       (e.knn_eval_steps < 0 or (e.knn_eval_steps and r.train_mode != 'pretrain'),
        '--knn_eval_steps monitors pretraining: use it with --train_mode=pretrain, >= 0.'),
       (e.knn_k < 1 or e.knn_temperature <= 0 or e.knn_max_examples < 1,
        '--knn_k and --knn_max_examples must be >= 1 and --knn_temperature > 0.'),
       (o.train_steps < 0 or o.train_epochs < 0, '--train_steps and --train_epochs must be >= 0.'),
-      (o.train_steps == 0 and o.train_epochs == 0, 'One of --train_steps or --train_epochs must be > 0.'),
+      (o.train_steps == 0 and o.train_epochs == 0 and not budget,
+       'One of --train_steps, --train_epochs or --train_time must be > 0.'),
+      (budget and o.train_steps, f'--train_time={o.train_time} and --train_steps={o.train_steps} both say how long '
+                                 'to train: give one.'),
       (o.warmup_epochs < 0, f'--warmup_epochs must be >= 0, got {o.warmup_epochs}.'),
       (r.checkpoint_epochs < 1 and not r.checkpoint_steps,
        f'--checkpoint_epochs must be >= 1 (or set --checkpoint_steps), got {r.checkpoint_epochs}.'),

@@ -17,6 +17,7 @@ import dataclasses
 import io
 import os
 import socket
+import typing
 import urllib.parse
 
 from absl import logging
@@ -24,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+import config as config_lib
 import data_util
 import image_folder
 import shapes_dataset
@@ -52,20 +54,21 @@ class Source:
   name: str
   class_names: tuple
   split_sizes: dict
-  image_shape: tuple
-  read: object
+  image_shape: typing.Optional[tuple]
+  read: typing.Callable[..., tf.data.Dataset]
 
   @property
-  def num_classes(self):
+  def num_classes(self) -> int:
     return len(self.class_names)
 
-  def num_examples(self, split):
+  def num_examples(self, split: str) -> int:
     if split not in self.split_sizes:
       raise DataError(f'Split {split!r} is not in dataset {self.name!r}; it has {sorted(self.split_sizes)}.')
     return self.split_sizes[split]
 
 
-def load_source(dataset, data_dir=None, strict_images=False, cache_dir=None):
+def load_source(dataset: str, data_dir: typing.Optional[str] = None, strict_images: bool = False,
+                cache_dir: typing.Optional[str] = None) -> Source:
   """The `Source` for a TFDS name, an image folder, or the embedded dataset.
 
   An image folder's scan and image check are cached in `cache_dir` (default:
@@ -84,7 +87,7 @@ def load_source(dataset, data_dir=None, strict_images=False, cache_dir=None):
 # ----------------------------------------------------------------------------------------------- TFDS
 
 
-def _tfds_source(name, data_dir):
+def _tfds_source(name: str, data_dir: typing.Optional[str]) -> Source:
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except (tfds.core.registered.DatasetNotFoundError, ValueError) as error:
@@ -99,7 +102,9 @@ def _tfds_source(name, data_dir):
   shape = tuple(info.features['image'].shape)
   image_shape = shape if None not in shape else None
 
-  def read(split, input_context=None, shuffle_files=False, decode_images=True, keep_ids=None, encoded=False):
+  def read(split: str, input_context: typing.Optional[tf.distribute.InputContext] = None,
+           shuffle_files: bool = False, decode_images: bool = True,
+           keep_ids: typing.Optional[typing.Sequence[str]] = None, encoded: bool = False) -> tf.data.Dataset:
     split_info = info.splits[split]
     num_pipelines = input_context.num_input_pipelines if input_context else 1
     by_file = num_pipelines > 1 and split_info.num_shards >= num_pipelines
@@ -123,7 +128,7 @@ def _tfds_source(name, data_dir):
   return Source(name, class_names, split_sizes, image_shape, read)
 
 
-def _id_filter(keep_ids):
+def _id_filter(keep_ids: typing.Sequence[str]) -> typing.Callable[[tf.Tensor], tf.Tensor]:
   """A predicate on string example ids: is the id in `keep_ids`?"""
   table = tf.lookup.StaticHashTable(
       tf.lookup.KeyValueTensorInitializer(tf.constant(list(keep_ids)), tf.ones([len(keep_ids)], tf.int32)),
@@ -131,7 +136,7 @@ def _id_filter(keep_ids):
   return lambda example_id: table.lookup(example_id) > 0
 
 
-def _tfds_example(example, image=True, encoded=False):
+def _tfds_example(example: dict, image: bool = True, encoded: bool = False) -> dict:
   label = tf.cast(example.get('label', tf.constant(-1, tf.int64)), tf.int64)
   result = {'label': label, 'id': example['tfds_id']}
   if image and encoded:
@@ -144,7 +149,7 @@ def _tfds_example(example, image=True, encoded=False):
   return result
 
 
-def _prepare(builder, name, data_dir):
+def _prepare(builder: tfds.core.DatasetBuilder, name: str, data_dir: typing.Optional[str]) -> None:
   """Prepares a TFDS dataset, failing fast when its data cannot be fetched."""
   where = f'--data_dir={data_dir}' if data_dir else 'the default --data_dir (~/tensorflow_datasets)'
   if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
@@ -163,7 +168,7 @@ def _prepare(builder, name, data_dir):
     builder.download_and_prepare()
 
 
-def _unreachable_host(builder, timeout=5.0):
+def _unreachable_host(builder: tfds.core.DatasetBuilder, timeout: float = 5.0) -> typing.Optional[str]:
   """The first download host of `builder` that does not answer a TCP connection within `timeout`, if any."""
   try:
     urls = list(builder.url_infos or ())
@@ -180,7 +185,7 @@ def _unreachable_host(builder, timeout=5.0):
 # ----------------------------------------------------------------------------------------------- folders
 
 
-def _folder_source(root, strict, cache_dir):
+def _folder_source(root: str, strict: bool, cache_dir: str) -> Source:
   root = os.path.abspath(root)
   index = image_folder.index(root, cache_dir)
   bad = [os.path.join(root, rel) for entries in index.values() for rel, _, shape in entries if shape is None]
@@ -200,7 +205,9 @@ def _folder_source(root, strict, cache_dir):
   logging.info('Image folder %s: splits %s, %d classes, image size %s', root,
                {s: len(e) for s, e in checked.items()}, len(class_names), image_shape or 'varies')
 
-  def read(split, input_context=None, shuffle_files=False, decode_images=True, keep_ids=None, encoded=False):
+  def read(split: str, input_context: typing.Optional[tf.distribute.InputContext] = None,
+           shuffle_files: bool = False, decode_images: bool = True,
+           keep_ids: typing.Optional[typing.Sequence[str]] = None, encoded: bool = False) -> tf.data.Dataset:
     entries = checked[split]
     ids = [rel for rel, _ in entries]
     labels = [label_of[name] if name else -1 for _, name in entries]
@@ -234,7 +241,7 @@ def _folder_source(root, strict, cache_dir):
 _LABELS_SCANNED = {}
 
 
-def _ids_by_class(source, split):
+def _ids_by_class(source: Source, split: str) -> dict[int, list[str]]:
   """{label: sorted example ids} of the labelled examples of `split`, read without decoding any image."""
   key = (id(source), split)
   if key not in _LABELS_SCANNED:
@@ -248,7 +255,7 @@ def _ids_by_class(source, split):
   return _LABELS_SCANNED[key][1]
 
 
-def label_fraction_subset(source, split, fraction, seed=0):
+def label_fraction_subset(source: Source, split: str, fraction: float, seed: int = 0) -> list[str]:
   """Class-balanced, seeded subset of `split`: round(fraction * n_c) (at least 1) examples of each class.
 
   Returns the sorted example ids. Deterministic for a given dataset, split, fraction and seed.
@@ -267,7 +274,7 @@ def label_fraction_subset(source, split, fraction, seed=0):
   return sorted(chosen)
 
 
-def sample_ids(source, split, count, seed=0):
+def sample_ids(source: Source, split: str, count: typing.Optional[int], seed: int = 0) -> typing.Optional[list[str]]:
   """Ids of `count` labelled examples of `split` in the proportions of its classes (stratified, seeded), or
   None when `count` is None or covers the split: what a "first N examples" must be instead, since an image
   folder reads its splits sorted by class (the first 20,000 CIFAR-10 train images are 4 of its 10 classes).
@@ -300,15 +307,19 @@ def sample_ids(source, split, count, seed=0):
 SUBSET_CACHE_MAX_EXAMPLES = 5000
 
 
-def build_dataset(source, split, batch_size, is_training, train_mode='pretrain', image_size=32,
-                  color_jitter_strength=1.0, use_blur=False, cache=False, subset_ids=None, input_context=None,
-                  shuffle_buffer=10_000, crop_min_area=data_util.MIN_CROP_AREA):
-  """Batches of `(images, one-hot labels)` for one replica.
+def build_dataset(source: Source, split: str, batch_size: int, settings: config_lib.DataConfig, is_training: bool,
+                  train_mode: typing.Optional[str] = None, subset_ids: typing.Optional[typing.Sequence[str]] = None,
+                  input_context: typing.Optional[tf.distribute.InputContext] = None,
+                  shuffle_buffer: int = 10_000) -> tf.data.Dataset:
+  """Batches of `(images, one-hot labels)` for one replica, augmented as `settings` (a DataConfig: image size,
+  colour strength, blur, smallest crop, in-memory cache) says; `train_mode` says how many views training needs.
 
   Pretraining training batches are `[B, S, S, 6]` (two views stacked on channels); fine-tuning training and
   all eval batches are `[B, S, S, 3]`. Labels are one-hot `[B, num_classes]` (all zeros when unlabeled).
   Training batches are shuffled, repeated and full (`drop_remainder`); eval batches cover the split once.
   """
+  image_size, crop_min_area = settings.image_size, settings.crop_min_area
+  color_jitter_strength, use_blur, cache = settings.color_jitter_strength, settings.use_blur, settings.cache_dataset
   # Training crops of images of varying sizes start from the files' bytes: a JPEG decodes only its windows.
   encoded = is_training and source.image_shape is None
   ds = source.read(split, input_context=input_context, shuffle_files=is_training, keep_ids=subset_ids,
@@ -319,8 +330,8 @@ def build_dataset(source, split, batch_size, is_training, train_mode='pretrain',
     ds = ds.cache()
   if is_training:
     ds = ds.shuffle(shuffle_buffer).repeat()
-  pretrain = is_training and train_mode == 'pretrain'
-  views = 2 if pretrain else 1
+  views = config_lib.TRAIN_MODE[train_mode].views if is_training else 1
+  pretrain = views == 2
   eval_crop = image_size > 32  # the authors do not crop images of 32 px or less for eval
 
   def eval_view(images):
@@ -364,21 +375,22 @@ def build_dataset(source, split, batch_size, is_training, train_mode='pretrain',
   return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def build_distributed_dataset(strategy, global_batch_size, source, split, **kwargs):
+def build_distributed_dataset(strategy: tf.distribute.Strategy, global_batch_size: int, source: Source, split: str,
+                              **kwargs) -> tf.distribute.DistributedDataset:
   """`build_dataset` per replica through `strategy.distribute_datasets_from_function`: each worker reads its
   own shard and each replica gets `global_batch_size / num_replicas` examples."""
   replicas = strategy.num_replicas_in_sync
   if global_batch_size % replicas:
     raise DataError(f'The batch size {global_batch_size} is not divisible by the {replicas} replicas.')
 
-  def dataset_fn(input_context):
+  def dataset_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
     per_replica = input_context.get_per_replica_batch_size(global_batch_size)
     return build_dataset(source, split, per_replica, input_context=input_context, **kwargs)
 
   return strategy.distribute_datasets_from_function(dataset_fn)
 
 
-def split_batch(strategy, batch):
+def split_batch(strategy: tf.distribute.Strategy, batch: tf.Tensor) -> tf.distribute.DistributedValues:
   """An in-memory global batch as per-replica values: replica i gets the i-th contiguous slice (benchmarks and
   tests feed `strategy.run` this way, the same split `build_distributed_dataset` makes)."""
   per_replica = int(batch.shape[0]) // strategy.num_replicas_in_sync

@@ -20,6 +20,7 @@ Images in are uint8 (or floats in [0, 1]); images out are float32 in [0, 1] with
 """
 
 import math
+import typing
 
 import tensorflow as tf
 
@@ -27,22 +28,25 @@ CROP_PROPORTION = 0.875  # Eval centre crop, as in the authors' code (and Incept
 MIN_CROP_AREA = 0.08  # Smallest training crop, as a fraction of the image's area (the authors' and Inception's).
 
 
-def to_float(images):
+def to_float(images: tf.Tensor) -> tf.Tensor:
   """uint8 -> float32 in [0, 1]; float images are passed through as float32."""
   if images.dtype == tf.uint8:
     return tf.cast(images, tf.float32) * (1.0 / 255.0)
   return tf.cast(images, tf.float32)
 
 
-def _batch_size(images):
+def _batch_size(images: tf.Tensor) -> tf.Tensor:
   return tf.shape(images)[0]
 
 
 # ----------------------------------------------------------------------------------------------- crop
 
 
-def sample_crop_windows(image_height, image_width, batch_size, area_range=(MIN_CROP_AREA, 1.0),
-                        aspect_ratio_range=(3. / 4., 4. / 3.), max_attempts=100):
+def sample_crop_windows(image_height: typing.Union[int, tf.Tensor], image_width: typing.Union[int, tf.Tensor],
+                        batch_size: typing.Union[int, tf.Tensor],
+                        area_range: tuple[float, float] = (MIN_CROP_AREA, 1.0),
+                        aspect_ratio_range: tuple[float, float] = (3. / 4., 4. / 3.),
+                        max_attempts: int = 100) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
   """Random crop windows, one per image: `(offset_y, offset_x, crop_height, crop_width)`, each `[B]` int32.
 
   Area is uniform in `area_range` (fraction of the image), aspect ratio (width / height) log-uniform in
@@ -79,7 +83,9 @@ def sample_crop_windows(image_height, image_width, batch_size, area_range=(MIN_C
   return as_int(offset_y), as_int(offset_x), as_int(crop_h), as_int(crop_w)
 
 
-def crop_and_resize(images, offset_y, offset_x, crop_height, crop_width, height, width, flip=None):
+def crop_and_resize(images: tf.Tensor, offset_y: tf.Tensor, offset_x: tf.Tensor, crop_height: tf.Tensor,
+                    crop_width: tf.Tensor, height: int, width: int,
+                    flip: typing.Optional[tf.Tensor] = None) -> tf.Tensor:
   """Crops one window per image and resizes it bicubically to `[height, width]` (optionally flipping it).
 
   Each image goes through TensorFlow's own crop and bicubic resize kernels (exactly the authors' numerics),
@@ -97,7 +103,7 @@ def crop_and_resize(images, offset_y, offset_x, crop_height, crop_width, height,
   return tf.ensure_shape(resized, [None, height, width, images.shape[-1]])
 
 
-def _flip_and_resize(crop, mirror, height, width):
+def _flip_and_resize(crop: tf.Tensor, mirror: tf.Tensor, height: int, width: int) -> tf.Tensor:
   """One crop, mirrored when `mirror`, bicubic to `[height, width]` -> float32 in [0, 1]."""
   scale = 1.0 / 255.0 if crop.dtype == tf.uint8 else 1.0
   crop = tf.cond(mirror, lambda: tf.reverse(crop, axis=[1]), lambda: crop)
@@ -105,7 +111,9 @@ def _flip_and_resize(crop, mirror, height, width):
   return tf.clip_by_value(resized, 0.0, 1.0)  # bicubic overshoots; clipped while the image is in cache
 
 
-def _random_windows_and_flips(image_height, image_width, n, height, width, flip, min_area=MIN_CROP_AREA):
+def _random_windows_and_flips(image_height: typing.Union[int, tf.Tensor], image_width: typing.Union[int, tf.Tensor],
+                              n: typing.Union[int, tf.Tensor], height: int, width: int, flip: bool,
+                              min_area: float = MIN_CROP_AREA) -> tuple[tuple[tf.Tensor, ...], tf.Tensor]:
   """The draws of `random_crop_with_resize` for `n` crops, in its order: windows (SimCLR scales the aspect
   range by the output's aspect ratio), then flips (`[n]` bool, all False unless `flip`)."""
   aspect = width / height
@@ -115,8 +123,10 @@ def _random_windows_and_flips(image_height, image_width, n, height, width, flip,
   return windows, mirror
 
 
-def random_crop_with_resize(images, height, width, image_height=None, image_width=None, flip=False,
-                            min_area=MIN_CROP_AREA):
+def random_crop_with_resize(images: tf.Tensor, height: int, width: int,
+                            image_height: typing.Union[int, tf.Tensor, None] = None,
+                            image_width: typing.Union[int, tf.Tensor, None] = None, flip: bool = False,
+                            min_area: float = MIN_CROP_AREA) -> tf.Tensor:
   """Inception-style random resized crop of each image of the batch (SimCLR's main augmentation), its area
   uniform in [`min_area`, 1] of the image, and a horizontal flip with p=0.5 when `flip`.
 
@@ -130,7 +140,8 @@ def random_crop_with_resize(images, height, width, image_height=None, image_widt
   return crop_and_resize(images, *windows, height, width, flip=mirror)
 
 
-def decode_jpeg_crop(contents, offset_y, offset_x, crop_height, crop_width):
+def decode_jpeg_crop(contents: tf.Tensor, offset_y: tf.Tensor, offset_x: tf.Tensor, crop_height: tf.Tensor,
+                     crop_width: tf.Tensor) -> tf.Tensor:
   """The window of a JPEG file's bytes as uint8 `[crop_height, crop_width, 3]`, decoding little more than it.
 
   The pixels equal a full decode's (`tf.io.decode_jpeg`, cut): the window is decoded one column wider on
@@ -146,7 +157,8 @@ def decode_jpeg_crop(contents, offset_y, offset_x, crop_height, crop_width):
   return wider[:, offset_x - left:offset_x - left + crop_width]
 
 
-def decode_and_random_crop(contents, height, width, num_views=1, flip=True, min_area=MIN_CROP_AREA):
+def decode_and_random_crop(contents: tf.Tensor, height: int, width: int, num_views: int = 1, flip: bool = True,
+                           min_area: float = MIN_CROP_AREA) -> tf.Tensor:
   """`num_views` random resized crops (and flips) of one JPEG file's bytes, each decoding only its window
   (`tf.image.decode_and_crop_jpeg`, as the authors' ImageNet pipeline does) -> `[num_views, height, width, 3]`.
 
@@ -161,7 +173,9 @@ def decode_and_random_crop(contents, height, width, num_views=1, flip=True, min_
   return tf.ensure_shape(tf.stack(views), [num_views, height, width, 3])
 
 
-def center_crop_window(image_height, image_width, height, width, crop_proportion=CROP_PROPORTION):
+def center_crop_window(image_height: typing.Union[int, tf.Tensor], image_width: typing.Union[int, tf.Tensor],
+                       height: int, width: int,
+                       crop_proportion: float = CROP_PROPORTION) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
   """The authors' eval crop: the centred `crop_proportion` of the image at the output's aspect ratio."""
   image_height = tf.cast(image_height, tf.float32)
   image_width = tf.cast(image_width, tf.float32)
@@ -179,7 +193,7 @@ def center_crop_window(image_height, image_width, height, width, crop_proportion
 # ----------------------------------------------------------------------------------------------- colour
 
 
-def random_flip_left_right(images):
+def random_flip_left_right(images: tf.Tensor) -> tf.Tensor:
   flip = tf.random.uniform([_batch_size(images), 1, 1, 1]) < 0.5
   return tf.where(flip, tf.reverse(images, axis=[2]), images)
 
@@ -190,21 +204,21 @@ def random_flip_left_right(images):
 # them to ~1e-6, so XLA can fuse them.
 
 
-def _max_min(planes):
+def _max_min(planes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
   r, g, b = planes[0], planes[1], planes[2]
   return tf.maximum(tf.maximum(r, g), b), tf.minimum(tf.minimum(r, g), b)
 
 
-def adjust_brightness(planes, factor):
+def adjust_brightness(planes: tf.Tensor, factor: typing.Union[float, tf.Tensor]) -> tf.Tensor:
   return planes * factor  # SimCLRv2's multiplicative brightness
 
 
-def adjust_contrast(planes, factor):
+def adjust_contrast(planes: tf.Tensor, factor: typing.Union[float, tf.Tensor]) -> tf.Tensor:
   mean = tf.reduce_mean(planes, axis=[1, 2], keepdims=True)  # per channel, as tf.image.adjust_contrast
   return (planes - mean) * factor + mean
 
 
-def adjust_saturation(planes, factor):
+def adjust_saturation(planes: tf.Tensor, factor: typing.Union[float, tf.Tensor]) -> tf.Tensor:
   """HSV saturation times `factor`, clipped to [0, 1]: each channel moves towards or away from the pixel's
   maximum (the value V) by `factor`, at most until the minimum channel reaches 0."""
   value, minimum = _max_min(planes)
@@ -212,7 +226,7 @@ def adjust_saturation(planes, factor):
   return value + scale * (planes - value)
 
 
-def adjust_hue(planes, delta):
+def adjust_hue(planes: tf.Tensor, delta: typing.Union[float, tf.Tensor]) -> tf.Tensor:
   """HSV hue rotated by `delta` (a fraction of the colour circle); value and saturation are kept."""
   r, g, b = planes[0], planes[1], planes[2]
   value, minimum = _max_min(planes)
@@ -228,7 +242,7 @@ def adjust_hue(planes, delta):
   return tf.stack(channels, axis=0)
 
 
-def to_grayscale(planes):
+def to_grayscale(planes: tf.Tensor) -> tf.Tensor:
   """Luma (ITU-R 601, the weights of tf.image.rgb_to_grayscale) in all three planes."""
   luma = 0.2989 * planes[0] + 0.5870 * planes[1] + 0.1140 * planes[2]
   return tf.stack([luma] * 3, axis=0)
@@ -237,7 +251,7 @@ def to_grayscale(planes):
 NO_OP = 4  # op id of "no jitter at this position"
 
 
-def _distort_one(image, op_ids, factors, gray):
+def _distort_one(image: tf.Tensor, op_ids: tf.Tensor, factors: tf.Tensor, gray: tf.Tensor) -> tf.Tensor:
   """One image: its 4 jitter ops in its own order (op ids, NO_OP = skip), clipped after each; grayscale."""
   planes = tf.transpose(image, [2, 0, 1])
   for position in range(4):
@@ -249,7 +263,8 @@ def _distort_one(image, op_ids, factors, gray):
   return tf.transpose(planes, [1, 2, 0])
 
 
-def _distort(images, op_ids, factors, gray, num_views=1):
+def _distort(images: tf.Tensor, op_ids: tf.Tensor, factors: tf.Tensor, gray: tf.Tensor,
+             num_views: int = 1) -> tf.Tensor:
   """`_distort_one` over the batch; the `num_views` views of an image (view-major in the batch) come out
   stacked on channels, written while still in cache instead of in a separate pass over the batch."""
   n = tf.shape(images)[0] // num_views
@@ -268,7 +283,8 @@ def _distort(images, op_ids, factors, gray, num_views=1):
 _distort_xla = tf.function(_distort, jit_compile=True)
 
 
-def random_color_distortion(images, strength=1.0, jitter_p=0.8, gray_p=0.2, num_views=1, jit_compile=True):
+def random_color_distortion(images: tf.Tensor, strength: float = 1.0, jitter_p: float = 0.8, gray_p: float = 0.2,
+                            num_views: int = 1, jit_compile: bool = True) -> tf.Tensor:
   """SimCLR's colour distortion, parameters drawn per image: with probability `jitter_p` colour jitter --
   brightness (multiplicative), contrast and saturation factors uniform in [1 - 0.8s, 1 + 0.8s] (floored at
   0), hue shift uniform in [-0.2s, 0.2s] (SimCLRv2's strengths), in a random order, clipped to [0, 1] after
@@ -291,7 +307,8 @@ def random_color_distortion(images, strength=1.0, jitter_p=0.8, gray_p=0.2, num_
   return tf.ensure_shape(distorted, [batch] + images.shape[1:3] + [3 * num_views])
 
 
-def _apply_to_partitions(images, op_ids, transforms):
+def _apply_to_partitions(images: tf.Tensor, op_ids: tf.Tensor,
+                         transforms: typing.Sequence[typing.Callable[[tf.Tensor, int], tf.Tensor]]) -> tf.Tensor:
   """Applies `transforms[i]` to the images whose op id is i (and nothing to id len(transforms))."""
   count = len(transforms) + 1
   parts = tf.dynamic_partition(images, op_ids, count)
@@ -303,7 +320,7 @@ def _apply_to_partitions(images, op_ids, transforms):
 # ----------------------------------------------------------------------------------------------- blur
 
 
-def gaussian_blur(images, sigma, kernel_size):
+def gaussian_blur(images: tf.Tensor, sigma: tf.Tensor, kernel_size: int) -> tf.Tensor:
   """Separable Gaussian blur with one sigma per image (`sigma` `[B]`), zero 'SAME' padding as the authors'.
 
   The batch is folded into channels so a single depthwise convolution applies every image's own kernel.
@@ -325,7 +342,7 @@ def gaussian_blur(images, sigma, kernel_size):
   return tf.ensure_shape(tf.transpose(blurred, [2, 0, 1, 3]), images.shape)
 
 
-def random_blur(images, p=0.5, sigma_range=(0.1, 2.0)):
+def random_blur(images: tf.Tensor, p: float = 0.5, sigma_range: tuple[float, float] = (0.1, 2.0)) -> tf.Tensor:
   """With probability p per image, a Gaussian blur with sigma uniform in `sigma_range` and a kernel of 10% of
   the image height. Only the selected images are convolved."""
   kernel_size = images.shape[1] // 10
@@ -343,8 +360,10 @@ def random_blur(images, p=0.5, sigma_range=(0.1, 2.0)):
 # ----------------------------------------------------------------------------------------------- recipes
 
 
-def random_geometry(images, height, width, crop=True, flip=True, image_height=None, image_width=None,
-                    min_area=MIN_CROP_AREA):
+def random_geometry(images: tf.Tensor, height: int, width: int, crop: bool = True, flip: bool = True,
+                    image_height: typing.Union[int, tf.Tensor, None] = None,
+                    image_width: typing.Union[int, tf.Tensor, None] = None,
+                    min_area: float = MIN_CROP_AREA) -> tf.Tensor:
   """The geometric half of the training augmentation: random resized crop (area in [`min_area`, 1] of the
   image) and flip -> float32 [0, 1].
 
@@ -357,7 +376,8 @@ def random_geometry(images, height, width, crop=True, flip=True, image_height=No
   return random_flip_left_right(images) if flip else images
 
 
-def random_photometric(images, color_distort=True, color_jitter_strength=1.0, blur=False, num_views=1):
+def random_photometric(images: tf.Tensor, color_distort: bool = True, color_jitter_strength: float = 1.0,
+                       blur: bool = False, num_views: int = 1) -> tf.Tensor:
   """The photometric half: colour distortion (pretraining) and Gaussian blur (pretraining, optional).
 
   `num_views` > 1: `images` are view-major views (`[V * B, H, W, 3]`), returned stacked on channels
@@ -374,24 +394,26 @@ def random_photometric(images, color_distort=True, color_jitter_strength=1.0, bl
   return images  # each step returns images in [0, 1]: no extra clipping pass over the batch
 
 
-def stack_views(views, num_views=2):
+def stack_views(views: tf.Tensor, num_views: int = 2) -> tf.Tensor:
   """`[V * B, h, w, 3]` (view-major) -> `[B, h, w, 3 * V]`, the model's input layout."""
   return tf.concat(tf.split(views, num_views, axis=0), axis=-1)
 
 
-def unstack_views(images, num_views=2):
+def unstack_views(images: tf.Tensor, num_views: int = 2) -> tf.Tensor:
   """`[B, h, w, 3 * V]` -> `[V * B, h, w, 3]` (view-major): the inverse of `stack_views`."""
   return tf.concat(tf.split(images, num_views, axis=-1), axis=0)
 
 
-def pretrain_views(images, height, width, color_jitter_strength=1.0, blur=False, num_views=2,
-                   min_area=MIN_CROP_AREA):
+def pretrain_views(images: tf.Tensor, height: int, width: int, color_jitter_strength: float = 1.0, blur: bool = False,
+                   num_views: int = 2, min_area: float = MIN_CROP_AREA) -> tf.Tensor:
   """`num_views` independently augmented views of each image of a same-size batch, stacked on channels."""
   views = random_geometry(tf.concat([images] * num_views, axis=0), height, width, min_area=min_area)
   return random_photometric(views, color_jitter_strength=color_jitter_strength, blur=blur, num_views=num_views)
 
 
-def preprocess_for_eval(images, height, width, crop=True, image_height=None, image_width=None):
+def preprocess_for_eval(images: tf.Tensor, height: int, width: int, crop: bool = True,
+                        image_height: typing.Union[int, tf.Tensor, None] = None,
+                        image_width: typing.Union[int, tf.Tensor, None] = None) -> tf.Tensor:
   """Deterministic eval view: centre crop of 87.5% resized to [height, width]; `crop=False` (images of
   32 px or less, as the authors do) only resizes, and only if the size differs."""
   if not crop and image_height is None and image_width is None:
@@ -408,7 +430,7 @@ def preprocess_for_eval(images, height, width, crop=True, image_height=None, ima
   return crop_and_resize(images, *window, height, width)
 
 
-def resize(images, height, width):
+def resize(images: tf.Tensor, height: int, width: int) -> tf.Tensor:
   """Bicubic resize of whole images (same kernel as the crops); a no-op cast when the size already matches."""
   if images.shape[1] == height and images.shape[2] == width:
     return to_float(images)

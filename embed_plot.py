@@ -4,6 +4,8 @@ Written as a PNG with TensorFlow's encoder (no plotting library needed). `run.py
 random encoder next to a trained one, so a user can see what pretraining did before reading any number.
 """
 
+import typing
+
 import numpy as np
 import tensorflow as tf
 
@@ -12,14 +14,14 @@ PALETTE = np.array([[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40]
                     [140, 86, 75], [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207]], np.uint8)
 
 
-def pca_2d(features):
+def pca_2d(features: np.ndarray) -> np.ndarray:
   """Projection of `features` [N, D] on their two principal components, [N, 2] (centred, SVD)."""
   centred = features - features.mean(axis=0, keepdims=True)
   _, _, components = np.linalg.svd(centred, full_matrices=False)
   return centred @ components[:2].T
 
 
-def render_panel(points, labels, size=400, margin=12, dot=2):
+def render_panel(points: np.ndarray, labels: np.ndarray, size: int = 400, margin: int = 12, dot: int = 2) -> np.ndarray:
   """An RGB image [size, size, 3] with each point a (2 * dot + 1)-pixel square in its class colour."""
   canvas = np.full((size, size, 3), 255, np.uint8)
   low, high = points.min(axis=0), points.max(axis=0)
@@ -31,7 +33,7 @@ def render_panel(points, labels, size=400, margin=12, dot=2):
   return canvas
 
 
-def save_embedding_plot(path, panels, size=400):
+def save_embedding_plot(path: str, panels: typing.Sequence[tuple[np.ndarray, np.ndarray]], size: int = 400) -> str:
   """Writes panels side by side (a grey bar between) to `path`; `panels` is a list of (features, labels)."""
   images = []
   for features, labels in panels:

@@ -19,6 +19,7 @@ import embed_plot as embed_plot_lib
 import linear_eval as linear_eval_lib
 import model as model_lib
 import model_io
+import optimization
 import progress
 import rundir
 
@@ -50,34 +51,43 @@ def evaluate_classifier(model, dataset, strategy, num_classes, max_batches=0):
   return {**result, 'eval/num_examples': int(count)}
 
 
-def evaluate(cfg, strategy, source, model, step, chief, extra=None, export=True):
-  """The supervised head on --eval_split (`evaluate_classifier`) and the regularization loss; writes
-  result.json, result_<step>.json, eval summaries and (unless there is one) the export of `step`."""
-  d, e, r = cfg.data, cfg.eval, cfg.run
+def evaluate(cfg: config_lib.Config, strategy: tf.distribute.Strategy, source: data_lib.Source,
+             model: keras.Model, step: int) -> dict:
+  """The supervised head on --eval_split (`evaluate_classifier`; --eval_steps batches of a stratified sample, or
+  all of it) and the regularization loss (optimization's rule, as train/weight_decay), at `step`."""
+  d, e = cfg.data, cfg.eval
   subset = data_lib.sample_ids(source, d.eval_split, e.eval_examples)
-  dataset = data_lib.build_distributed_dataset(
-      strategy, e.eval_batch_size, source, d.eval_split, is_training=False, image_size=d.image_size,
-      cache=d.cache_dataset, subset_ids=subset)
+  dataset = data_lib.build_distributed_dataset(strategy, e.eval_batch_size, source, d.eval_split, settings=d,
+                                               is_training=False, subset_ids=subset)
   result = evaluate_classifier(model, dataset, strategy, source.num_classes, e.eval_steps)
-  regularization = model_lib.weight_decay_loss(model.trainable_variables, cfg.optim.weight_decay)
-  result.update({'eval/regularization_loss': float(regularization), 'global_step': step, **(extra or {})})
+  regularization = optimization.weight_decay_loss(model.trainable_variables, cfg.optim.weight_decay,
+                                                  cfg.optim.optimizer)
+  result.update({'eval/regularization_loss': float(regularization), 'global_step': step})
   logging.info('Eval results at step %d: %s', step, result)
-  if not chief:
-    return result
-  changed = rundir.write_results(r.model_dir, result, step, e.eval_name)
+  return result
+
+
+def write_evaluation(cfg: config_lib.Config, result: dict, step: int) -> None:
+  """`result` to model_dir's result.json, result_<step>.json and eval summaries (merged into an earlier
+  evaluation of the step), and the settings to flags.json where no run wrote one (the evaluation of a file)."""
+  r = cfg.run
+  changed = rundir.write_results(r.model_dir, result, step, cfg.eval.eval_name)
   if changed:
     progress.status(f'Replaced the earlier evaluation of step {step} in {r.model_dir}: it differed in {changed}.')
-  if not rundir.has_flags(r.model_dir):  # training writes its own; an evaluation of a file records its flags
+  if not rundir.has_flags(r.model_dir):
     rundir.write_flags(r.model_dir, cfg.flat())
-  if export and not rundir.has_export(r.model_dir, step):
-    model_io.export(model, r.model_dir, step, r.keep_hub_module_max)
-  return result
+
+
+def export_once(model: keras.Model, cfg: config_lib.Config, step: int) -> None:
+  """model_dir's SavedModel of `step`, unless there is one (the authors' evaluator exports every step it
+  evaluates too)."""
+  if not rundir.has_export(cfg.run.model_dir, step):
+    model_io.export(model, cfg.run.model_dir, step, cfg.run.keep_hub_module_max)
 
 
 def result_lines(cfg, result):
   """What a run says of its result on stdout."""
-  head = {'pretrain': 'Online linear head', 'finetune': 'Fine-tuned model', 'linear_eval': 'Linear evaluation',
-          'distill': 'Distilled student'}[cfg.run.train_mode]
+  head = config_lib.TRAIN_MODE[cfg.run.train_mode].result
   split = cfg.data.eval_split
   top5 = result.get('eval/label_top_5_accuracy')
   lines = [f'{head} ({split}): top-1 {result["eval/label_top_1_accuracy"]:.4f}' +
@@ -101,8 +111,8 @@ def frozen_features(cfg, source, net, train, max_examples=None):
   split = d.train_split if train else d.eval_split
   if max_examples is None:
     max_examples = e.linear_eval_max_examples if train else e.eval_examples
-  dataset = data_lib.build_dataset(source, split, e.eval_batch_size, is_training=False, image_size=d.image_size,
-                                   cache=d.cache_dataset, subset_ids=data_lib.sample_ids(source, split, max_examples))
+  dataset = data_lib.build_dataset(source, split, e.eval_batch_size, d, is_training=False,
+                                   subset_ids=data_lib.sample_ids(source, split, max_examples))
   return linear_eval_lib.extract_features(net, dataset)
 
 
@@ -154,7 +164,8 @@ def embedding_plot(cfg, strategy, source, files):
 
 def eval_checkpoints(cfg, strategy, source, chief, last_step):
   """--mode=eval of model_dir: evaluates its latest checkpoint, then each newer one as it appears, until
-  `last_step` or --eval_timeout seconds without a new one. Unreadable checkpoints are skipped (warning)."""
+  `last_step` (None: unknown, a time budget not fixed yet) or --eval_timeout seconds without a new one.
+  Unreadable checkpoints are skipped (warning)."""
   model_dir = cfg.run.model_dir
   with strategy.scope():
     model = model_lib.build(cfg, max(source.num_classes, 1), strategy.num_replicas_in_sync)
@@ -166,10 +177,13 @@ def eval_checkpoints(cfg, strategy, source, chief, last_step):
       evaluated.add(path)
       step = model_io.read_training_checkpoint(model, path)
       if step is not None:
-        result = evaluate(cfg, strategy, source, model, step, chief)
+        result = evaluate(cfg, strategy, source, model, step)
+        if chief:
+          write_evaluation(cfg, result, step)
+          export_once(model, cfg, step)
         results.append(result)
         print(result_lines(cfg, result)[0], flush=True)
-        if step >= last_step:
+        if last_step is not None and step >= last_step:
           break
       idle_since = time.monotonic()
     elif time.monotonic() - idle_since >= cfg.eval.eval_timeout:
@@ -187,6 +201,8 @@ def eval_file(cfg, strategy, source, chief, file):
   """--mode=eval --checkpoint=FILE: the file's own classifier (logits_sup) on --eval_split, no training."""
   model = model_io.load(cfg, strategy, file)
   file_cfg = model_io.as_file_config(cfg, file)
-  result = evaluate(file_cfg, strategy, source, model, file.step, chief, export=False)
+  result = evaluate(file_cfg, strategy, source, model, file.step)
+  if chief:
+    write_evaluation(file_cfg, result, file.step)
   print(result_lines(file_cfg, result)[0], flush=True)
   print(f'Results: {rundir.result_path(cfg.run.model_dir)}', flush=True)

@@ -12,6 +12,7 @@ import json
 import os
 import tempfile
 import time
+import typing
 
 from absl import logging
 import tensorflow as tf
@@ -29,7 +30,7 @@ CACHE_VERSION = 1  # of the cache file's layout and of what a verdict means (tf.
 RACY_NS = 2_000_000_000
 
 
-def default_cache_dir():
+def default_cache_dir() -> str:
   """Where image-folder indexes live: `$XDG_CACHE_HOME/simclr_tf2/image_folders` (default ~/.cache/...)."""
   base = os.environ.get('XDG_CACHE_HOME', '')
   if not os.path.isabs(base):  # the XDG spec says relative paths are to be ignored
@@ -37,7 +38,7 @@ def default_cache_dir():
   return os.path.join(base, 'simclr_tf2', 'image_folders')
 
 
-def _stamp(entry):
+def _stamp(entry: os.DirEntry) -> tuple[int, int]:
   """(size, mtime_ns) of a directory entry: what says a file changed. (-1, -1) when it cannot be stat'ed
   (e.g. a broken link), which the check then finds unreadable."""
   try:
@@ -47,13 +48,13 @@ def _stamp(entry):
   return stat.st_size, stat.st_mtime_ns
 
 
-def _images_in(directory):
+def _images_in(directory: str) -> list[os.DirEntry]:
   """The image entries of a directory, sorted by name."""
   with os.scandir(directory) as entries:
     return sorted((e for e in entries if e.name.lower().endswith(IMAGE_EXTENSIONS)), key=lambda e: e.name)
 
 
-def _scan_split(root, split):
+def _scan_split(root: str, split: str) -> list[tuple]:
   """[(relative path, class name or None, (size, mtime_ns))] of a split folder; class folders must not be
   empty. One scandir per folder and one stat per file: cheap even for a million files."""
   split_dir = os.path.join(root, split)
@@ -74,11 +75,11 @@ def _scan_split(root, split):
   return files
 
 
-def decode(contents):
+def decode(contents: tf.Tensor) -> tf.Tensor:
   return tf.ensure_shape(tf.io.decode_image(contents, channels=3, expand_animations=False), [None, None, 3])
 
 
-def _check_files(paths):
+def _check_files(paths: typing.Sequence[str]) -> list[typing.Optional[tuple[int, int]]]:
   """Decodes each file once -> [(height, width), or None when it is corrupt or unreadable]."""
   checked = tf.data.Dataset.from_tensor_slices((tf.range(len(paths)), paths))
   checked = checked.map(lambda i, p: (i, tf.shape(decode(tf.io.read_file(p)))[:2]),
@@ -89,11 +90,11 @@ def _check_files(paths):
   return shapes
 
 
-def _cache_file(cache_dir, root):
+def _cache_file(cache_dir: str, root: str) -> str:
   return os.path.join(cache_dir, hashlib.sha256(root.encode()).hexdigest()[:32] + '.json')
 
 
-def _read_cache(path, root):
+def _read_cache(path: str, root: str) -> dict:
   """{relative path: [size, mtime_ns, height, width]} of an earlier start ({} if there is none or it is
   damaged or of another version); height = width = 0: unreadable."""
   try:
@@ -108,7 +109,7 @@ def _read_cache(path, root):
   return {}
 
 
-def _write_cache(path, root, files):
+def _write_cache(path: str, root: str, files: dict) -> None:
   """Writes the cache atomically (temp file + rename: a reader never sees half a file, concurrent writers
   leave one whole file); where it cannot be written, warns and carries on uncached."""
   directory = os.path.dirname(path)
@@ -128,7 +129,7 @@ def _write_cache(path, root, files):
                     path, error)
 
 
-def index(root, cache_dir):
+def index(root: str, cache_dir: str) -> dict[str, list[tuple]]:
   """{split: [(relative path, class name or None, (height, width) or None when unreadable)]}.
 
   The folder is listed at every start; only files whose (size, mtime_ns) are not those cached (new or

@@ -16,12 +16,13 @@ With `classic_momentum=False` the trust ratio is computed on the momentum update
 """
 
 import re
+import typing
 
 import keras
 import tensorflow as tf
 
 
-def path_matches(path, patterns):
+def path_matches(path: str, patterns: typing.Optional[typing.Iterable[str]]) -> bool:
   """True if any regex in `patterns` is found in `path` (a Keras variable path such as 'dense/bias')."""
   return any(re.search(pattern, path) is not None for pattern in patterns or ())
 
@@ -44,9 +45,11 @@ class LARSOptimizer(keras.optimizers.Optimizer):
       decoupled form, which this optimizer replaces.
   """
 
-  def __init__(self, learning_rate, momentum=0.9, use_nesterov=False, weight_decay=0.0,
-               exclude_from_weight_decay=None, exclude_from_layer_adaptation=None, classic_momentum=True,
-               eeta=0.001, name='LARSOptimizer', **kwargs):
+  def __init__(self, learning_rate: typing.Union[float, keras.optimizers.schedules.LearningRateSchedule],
+               momentum: float = 0.9, use_nesterov: bool = False, weight_decay: float = 0.0,
+               exclude_from_weight_decay: typing.Optional[typing.Sequence[str]] = None,
+               exclude_from_layer_adaptation: typing.Optional[typing.Sequence[str]] = None,
+               classic_momentum: bool = True, eeta: float = 0.001, name: str = 'LARSOptimizer', **kwargs) -> None:
     # The base class's `weight_decay` is decoupled (AdamW-style) decay; LARS folds decay into the gradient
     # before computing the trust ratio, so it must not also be given to the base class.
     super().__init__(learning_rate=learning_rate, name=name, **kwargs)
@@ -64,7 +67,7 @@ class LARSOptimizer(keras.optimizers.Optimizer):
     self.weight_decay_exclusions = tuple(exclude_from_weight_decay or ())
     self.adaptation_exclusions = tuple(exclude_from_layer_adaptation or self.weight_decay_exclusions)
 
-  def build(self, var_list):
+  def build(self, var_list: typing.Sequence[keras.Variable]) -> None:
     """Creates momentum slots and decides, from each variable's path, whether it is decayed/adapted.
 
     The decision is made here because under a tf.distribute strategy `update_step` receives the per-replica
@@ -79,12 +82,13 @@ class LARSOptimizer(keras.optimizers.Optimizer):
         for v in var_list]
     self._use_adaptation = [not path_matches(v.path, self.adaptation_exclusions) for v in var_list]
 
-  def _trust_ratio(self, w, u):
+  def _trust_ratio(self, w: tf.Tensor, u: tf.Tensor) -> tf.Tensor:
     w_norm = tf.norm(w, ord=2)
     u_norm = tf.norm(u, ord=2)
     return tf.where(w_norm > 0, tf.where(u_norm > 0, self.eeta * w_norm / u_norm, 1.0), 1.0)
 
-  def update_step(self, gradient, variable, learning_rate):
+  def update_step(self, gradient: tf.Tensor, variable: typing.Union[keras.Variable, tf.Variable],
+                  learning_rate: tf.Tensor) -> None:
     index = self._get_variable_index(variable)
     v = self._momentums[index]
     w = variable.value if isinstance(variable, keras.Variable) else variable
@@ -108,7 +112,7 @@ class LARSOptimizer(keras.optimizers.Optimizer):
     self.assign(v, next_v)
     self.assign_sub(variable, update)
 
-  def get_config(self):
+  def get_config(self) -> dict:
     config = super().get_config()
     config.update({
         'momentum': self.momentum,

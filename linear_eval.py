@@ -8,12 +8,15 @@ baseline a representation has to beat. The kNN classifier needs no fitting at al
 monitor pretraining with.
 """
 
+import typing
+
 import keras
 import numpy as np
 import tensorflow as tf
 
 
-def extract_features(model, dataset, endpoint='final_avg_pool'):
+def extract_features(model: keras.Model, dataset: tf.data.Dataset,
+                     endpoint: str = 'final_avg_pool') -> tuple[np.ndarray, np.ndarray]:
   """(features [N, D] float32, integer labels [N]) of `model`'s `endpoint` over `dataset` of
   (images, one-hot labels) batches; unlabeled examples (all-zero rows) are dropped. A part of a split is chosen
   by the dataset (`data.sample_ids`), not by stopping early: a split's first examples need not represent it."""
@@ -29,7 +32,10 @@ def extract_features(model, dataset, endpoint='final_avg_pool'):
   return np.concatenate(features), np.concatenate(labels)
 
 
-def fit_logistic_regression(features, labels, num_classes, l2=1e-4, steps=300, learning_rate=0.05):
+def fit_logistic_regression(
+    features: np.ndarray, labels: np.ndarray, num_classes: int,
+    l2: typing.Union[float, typing.Sequence[float]] = 1e-4, steps: int = 300, learning_rate: float = 0.05
+) -> typing.Union[typing.Callable[[np.ndarray], np.ndarray], list[typing.Callable[[np.ndarray], np.ndarray]]]:
   """Softmax regression on standardised features, full-batch Adam; returns a `predict(features)` function.
 
   `l2` may be a sequence: one classifier per value, fitted side by side as one wider product (the same
@@ -64,8 +70,10 @@ def fit_logistic_regression(features, labels, num_classes, l2=1e-4, steps=300, l
   return predicts if np.ndim(l2) else predicts[0]
 
 
-def linear_eval(train_features, train_labels, test_features, test_labels, num_classes,
-                l2_grid=(0.0, 1e-5, 1e-4, 1e-3, 1e-2), validation_fraction=0.2, seed=0):
+def linear_eval(train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray,
+                test_labels: np.ndarray, num_classes: int,
+                l2_grid: typing.Sequence[float] = (0.0, 1e-5, 1e-4, 1e-3, 1e-2), validation_fraction: float = 0.2,
+                seed: int = 0) -> dict:
   """Top-1 accuracy on the test features of a classifier whose L2 is chosen on held-out train features."""
   if len(np.unique(train_labels)) < 2:
     raise ValueError('Linear evaluation needs at least two classes in the training features.')
@@ -83,8 +91,8 @@ def linear_eval(train_features, train_labels, test_features, test_labels, num_cl
           'validation_accuracy': scores[best_l2]}
 
 
-def knn_predict(bank_features, bank_labels, query_features, num_classes, k=200, temperature=0.1,
-                chunk_size=1024):
+def knn_predict(bank_features: np.ndarray, bank_labels: np.ndarray, query_features: np.ndarray, num_classes: int,
+                k: int = 200, temperature: float = 0.1, chunk_size: int = 1024) -> np.ndarray:
   """Class scores `[Q, C]` of weighted kNN on cosine similarity (Wu et al. 2018, "Unsupervised Feature Learning
   via Non-Parametric Instance Discrimination"; the monitor of lightly and solo-learn): each of the `k` most
   similar bank features votes for its label with weight exp(similarity / temperature)."""
@@ -102,7 +110,8 @@ def knn_predict(bank_features, bank_labels, query_features, num_classes, k=200, 
   return np.concatenate(scores)
 
 
-def knn_eval(train_features, train_labels, test_features, test_labels, num_classes, k=200, temperature=0.1):
+def knn_eval(train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray,
+             test_labels: np.ndarray, num_classes: int, k: int = 200, temperature: float = 0.1) -> dict:
   """Top-1 accuracy of `knn_predict` with the training features as the bank."""
   scores = knn_predict(train_features, train_labels, test_features, num_classes, k, temperature)
   return {'top_1_accuracy': float(np.mean(scores.argmax(1) == test_labels))}

@@ -1,40 +1,25 @@
-"""The SimCLR network (encoder + projection head + supervised head), its LR schedule and optimizers.
+"""The SimCLR network: ResNet encoder f(.), projection head g(.) and supervised head, returning named endpoints.
 
 Chen et al. 2020, "A Simple Framework for Contrastive Learning of Visual Representations" (SimCLR) and
 "Big Self-Supervised Models are Strong Semi-Supervised Learners" (SimCLRv2).
 """
 
 import contextlib
-import math
+import dataclasses
+import typing
 
 import keras
 import tensorflow as tf
 
+import config as config_lib
 import data_util
-import lars_optimizer
 import resnet
-
-# pretrain: NT-Xent (+ online linear head); finetune: supervised, from a pretrained encoder; linear_eval: a
-# linear head on a frozen encoder; distill: a student learns a teacher's predictions (SimCLRv2 section 2.3).
-TRAIN_MODES = ('pretrain', 'finetune', 'linear_eval', 'distill')
-PROJ_HEAD_MODES = ('none', 'linear', 'nonlinear')
-OPTIMIZERS = ('lars', 'momentum', 'adam')
-LR_SCALINGS = ('linear', 'sqrt')
-# Keras dtype policies. Mixed ones compute in 16 bits and keep float32 variables; BatchNorm statistics, NT-Xent
-# and softmax are float32, and every model output is float32.
-PRECISIONS = ('float32', 'mixed_bfloat16', 'mixed_float16')
-
-# Weight decay and LARS adaptation exclusions, matched against Keras variable paths. This is the only place
-# they are defined: BatchNorm parameters and biases are never decayed; the supervised head is left out of LARS
-# (no decay, no trust ratio) and gets an explicit L2 term instead, as in the authors' code.
-BATCH_NORM_PATTERN = r'batch_normalization'
-BIAS_PATTERN = r'bias'
-SUPERVISED_HEAD_PATTERN = r'head_supervised'
-EXCLUDE_FROM_WEIGHT_DECAY = (BATCH_NORM_PATTERN, BIAS_PATTERN, SUPERVISED_HEAD_PATTERN)
+import resnet_shapes
+import runtime
 
 # Keys of the dict `SimCLRModel` returns (None where a head does not exist), the interface of the SimCLR
 # authors' exported models.
-OUTPUT_KEYS = resnet.ENDPOINTS + ('proj_head_input', 'proj_head_output', 'logits_sup')
+OUTPUT_KEYS = resnet_shapes.ENDPOINTS + ('proj_head_input', 'proj_head_output', 'logits_sup')
 
 
 class LinearLayer(keras.layers.Layer):
@@ -85,21 +70,12 @@ class ProjectionHead(resnet.Layer):
   [input, layer 1, ..., layer n]: SimCLRv2 fine-tunes from the middle of the head (selector 1); -1 is layer n.
   """
 
-  def __init__(self, mode='nonlinear', num_layers=3, out_dim=128, ft_proj_selector=0, global_bn=True,
-               batch_norm_decay=0.9, **kwargs):
+  def __init__(self, mode, num_layers, out_dim, ft_proj_selector, global_bn, batch_norm_decay, **kwargs):
+    """`num_layers`: the head's layers whatever its mode (ModelConfig.projection_layers); the settings are
+    checked by config.check_model."""
     super().__init__(**kwargs)
-    if mode not in PROJ_HEAD_MODES:
-      raise ValueError(f'proj_head_mode must be one of {PROJ_HEAD_MODES}, got {mode!r}.')
-    if mode == 'nonlinear' and num_layers < 1:
-      raise ValueError(f'num_proj_layers must be >= 1 for a nonlinear head, got {num_layers}.')
-    depth = {'none': 0, 'linear': 1, 'nonlinear': num_layers}[mode]
-    if not -depth - 1 <= ft_proj_selector <= depth:
-      raise ValueError(f'ft_proj_selector must be in 0..{depth} (or -1 for the last) for a {mode!r} head of '
-                       f'{depth} layers, got {ft_proj_selector}.')
-    if out_dim < 1:
-      raise ValueError(f'proj_out_dim must be >= 1, got {out_dim}.')
     self.mode = mode
-    self.ft_proj_selector = selector_index(ft_proj_selector, depth)
+    self.ft_proj_selector = selector_index(ft_proj_selector, num_layers)
     bn_args = dict(global_bn=global_bn, batch_norm_decay=batch_norm_decay)
     if mode == 'linear':
       self.linear_layers = [LinearLayer(out_dim, use_bias=False, use_bn=True, name='l_0', **bn_args)]
@@ -147,40 +123,30 @@ class SimCLRModel(keras.Model):
   'finetune' (the student).
   """
 
-  def __init__(self, num_classes, resnet_depth=50, width_multiplier=1, cifar_stem=False, sk_ratio=0.0,
-               se_ratio=0.0, global_bn=True, batch_norm_decay=0.9, proj_head_mode='nonlinear',
-               proj_out_dim=128, num_proj_layers=3, ft_proj_selector=0, train_mode='pretrain',
-               lineareval_while_pretraining=True, fine_tune_after_block=-1, zero_init_logits_layer=False,
-               linear_eval_endpoint='final_avg_pool', name='simclr', **kwargs):
+  def __init__(self, num_classes: typing.Optional[int], settings: config_lib.ModelConfig, train_mode: str = 'pretrain',
+               name: str = 'simclr', **kwargs):
+    """`settings`: the network (`cifar_stem` resolved to a bool, `global_bn` as it should act); `num_classes`
+    of the supervised head, None without one."""
     super().__init__(name=name, **kwargs)
-    if train_mode not in TRAIN_MODES:
-      raise ValueError(f'train_mode must be one of {TRAIN_MODES}, got {train_mode!r}.')
-    if train_mode == 'pretrain' and fine_tune_after_block != -1:
-      raise ValueError('fine_tune_after_block freezes layers, which pretraining does not support: '
-                       f'set it to -1 (got {fine_tune_after_block}).')
-    if train_mode == 'linear_eval':
-      if fine_tune_after_block not in (-1, 4):
-        raise ValueError('linear_eval freezes the whole encoder: fine_tune_after_block must be -1 or 4, got '
-                         f'{fine_tune_after_block}.')
-      if linear_eval_endpoint not in resnet.ENDPOINTS:
-        raise ValueError(f'linear_eval_endpoint must be one of {resnet.ENDPOINTS}, got {linear_eval_endpoint!r}.')
-      fine_tune_after_block = 4
-    has_supervised_head = train_mode != 'pretrain' or lineareval_while_pretraining
+    config_lib.check_model(settings, train_mode)
+    s = self.settings = settings
+    mode = self.mode = config_lib.TRAIN_MODE[train_mode]
+    has_supervised_head = mode.labeled or mode.teacher or s.lineareval_while_pretraining
     if has_supervised_head and (num_classes is None or num_classes < 1):
       raise ValueError(f'num_classes must be >= 1 for a supervised head, got {num_classes}.')
+    self.num_classes = num_classes
     self.train_mode = train_mode
-    self.lineareval_while_pretraining = lineareval_while_pretraining
-    self.linear_eval_endpoint = linear_eval_endpoint
-    bn_args = dict(global_bn=global_bn, batch_norm_decay=batch_norm_decay)
+    self.linear_eval_endpoint = s.linear_eval_endpoint
+    bn_args = dict(global_bn=s.global_bn, batch_norm_decay=s.batch_norm_decay)
     self.resnet_model = resnet.resnet(
-        resnet_depth, width_multiplier, cifar_stem=cifar_stem, sk_ratio=sk_ratio, se_ratio=se_ratio,
-        fine_tune_after_block=fine_tune_after_block, **bn_args)
+        s.resnet_depth, s.width_multiplier, cifar_stem=bool(s.cifar_stem), sk_ratio=s.sk_ratio, se_ratio=s.se_ratio,
+        fine_tune_after_block=4 if mode.frozen_encoder else s.fine_tune_after_block, **bn_args)
     self._projection_head = ProjectionHead(
-        proj_head_mode, num_proj_layers, proj_out_dim, ft_proj_selector, name='projection_head', **bn_args)
-    if train_mode == 'linear_eval':  # frozen too: its BatchNorm statistics stay those of pretraining
+        s.proj_head_mode, s.projection_layers, s.proj_out_dim, s.ft_proj_selector, name='projection_head', **bn_args)
+    if mode.frozen_encoder:  # the projection head too: its BatchNorm statistics stay those of pretraining
       self._projection_head.trainable = False
     self.supervised_head = (
-        SupervisedHead(num_classes, zero_init=zero_init_logits_layer) if has_supervised_head else None)
+        SupervisedHead(num_classes, zero_init=s.zero_init_logits_layer) if has_supervised_head else None)
 
   def call(self, inputs, training=None):
     channels = inputs.shape[-1]
@@ -193,10 +159,10 @@ class SimCLRModel(keras.Model):
     proj_head_output, supervised_head_input = self._projection_head(hiddens, training=training)
     logits_sup = None
     if self.supervised_head is not None:
-      if self.train_mode == 'linear_eval':  # the paper's protocol: a linear classifier on frozen features
+      if self.mode.frozen_encoder:  # the paper's protocol: a linear classifier on frozen features
         features = outputs[self.linear_eval_endpoint]
         supervised_head_input = features if features.shape.rank == 2 else tf.reduce_mean(features, [1, 2])
-      if self.train_mode in ('pretrain', 'linear_eval'):
+      if not self.mode.head_trains_encoder:
         supervised_head_input = tf.stop_gradient(supervised_head_input)
       logits_sup = self.supervised_head(supervised_head_input, training=training)
     outputs.update(proj_head_input=hiddens, proj_head_output=proj_head_output, logits_sup=logits_sup)
@@ -209,8 +175,8 @@ def dtype_policy(precision):
 
   Keras 3 has no per-model policy that reaches sublayers created in `__init__`, hence a scope.
   """
-  if precision not in PRECISIONS:
-    raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}.')
+  if precision not in config_lib.PRECISIONS[1:]:
+    raise ValueError(f'precision must be one of {config_lib.PRECISIONS[1:]}, got {precision!r}.')
   previous = keras.config.dtype_policy()
   keras.config.set_dtype_policy(precision)
   try:
@@ -219,121 +185,41 @@ def dtype_policy(precision):
     keras.config.set_dtype_policy(previous)
 
 
+def in_float32(model, strategy=None):
+  """`model` if it computes in float32, else the same network built in float32 (in `strategy`'s scope) holding
+  its weights: what an evaluation or export computes is what the weights mean, whatever number format trained
+  them."""
+  if model.compute_dtype == 'float32':
+    return model
+  with strategy.scope() if strategy else contextlib.nullcontext(), dtype_policy('float32'):
+    twin = SimCLRModel(model.num_classes, model.settings, model.train_mode)
+    twin(tf.zeros([1, 32, 32, 3 * model.mode.views]), training=False)
+  for ours, theirs in zip(twin.weights, model.weights, strict=True):
+    ours.assign(theirs)
+  return twin
+
+
+def resolve_precision(precision, use_tpu=False):
+  """(Keras dtype policy, why): `precision` itself, or for 'auto' the number format this hardware is fast at
+  (runtime.choose_precision, from the TPU flag, the GPUs' compute capabilities and the CPU's features)."""
+  if precision != 'auto':
+    return precision, '--precision'
+  capabilities = [tuple(tf.config.experimental.get_device_details(gpu).get('compute_capability', (0, 0)))
+                  for gpu in tf.config.list_physical_devices('GPU')]
+  chosen, why = runtime.choose_precision(use_tpu, capabilities)
+  return chosen, f'--precision=auto: {why}'
+
+
 def build(cfg, num_classes, num_replicas=1):
   """The SimCLR model of `cfg` (its model group, train mode and image size), with its variables created (a
   forward pass) so checkpoints can be restored into it. Synchronized BatchNorm only when there is something to
   synchronize: on one replica it computes the same thing, slower."""
   m = cfg.model
-  views = 2 if cfg.run.train_mode == 'pretrain' else 1
-  with dtype_policy(m.precision):  # layers built lazily on this first call get it too
-    model = SimCLRModel(
-        num_classes, resnet_depth=m.resnet_depth, width_multiplier=m.width_multiplier,
-        cifar_stem=cfg.use_cifar_stem, sk_ratio=m.sk_ratio, se_ratio=m.se_ratio,
-        global_bn=m.global_bn and num_replicas > 1, batch_norm_decay=m.batch_norm_decay,
-        proj_head_mode=m.proj_head_mode, proj_out_dim=m.proj_out_dim, num_proj_layers=m.num_proj_layers,
-        ft_proj_selector=m.ft_proj_selector, train_mode=cfg.run.train_mode,
-        lineareval_while_pretraining=m.lineareval_while_pretraining,
-        fine_tune_after_block=m.fine_tune_after_block, zero_init_logits_layer=m.zero_init_logits_layer,
-        linear_eval_endpoint=m.linear_eval_endpoint)
+  views = config_lib.TRAIN_MODE[cfg.run.train_mode].views
+  # Layers built lazily on the first call below get the policy too.
+  with dtype_policy(resolve_precision(m.precision, cfg.run.use_tpu)[0]):
+    model = SimCLRModel(num_classes, dataclasses.replace(m, cifar_stem=cfg.use_cifar_stem,
+                                                         global_bn=m.global_bn and num_replicas > 1),
+                        cfg.run.train_mode)
     model(tf.zeros([1, cfg.data.image_size, cfg.data.image_size, 3 * views]), training=False)
   return model
-
-
-def get_train_steps(num_examples, train_batch_size, train_epochs=None, train_steps=None):
-  """Number of training steps: `train_steps` if given, else the authors' epochs * examples // batch + 1."""
-  if train_steps:
-    return int(train_steps)
-  if not train_epochs:
-    raise ValueError('Either train_steps or train_epochs must be positive.')
-  return int(num_examples * train_epochs // train_batch_size + 1)
-
-
-def get_warmup_steps(warmup_epochs, num_examples, train_batch_size):
-  """Warmup steps as the authors' code counts them: round(warmup_epochs * num_examples // batch)."""
-  return int(round(warmup_epochs * num_examples // train_batch_size))
-
-
-@keras.saving.register_keras_serializable(package='simclr')
-class WarmUpAndCosineDecay(keras.optimizers.schedules.CosineDecay):
-  """Linear warmup from 0 to the scaled learning rate, then cosine decay to 0 (SimCLR appendix B.1).
-
-  The peak is `base_learning_rate * train_batch_size / 256` ('linear' scaling) or
-  `base_learning_rate * sqrt(train_batch_size)` ('sqrt', better for small batches / long training, B.1).
-  Step counts follow the authors' code: warmup = round(warmup_epochs * num_examples // batch).
-  """
-
-  def __init__(self, base_learning_rate, num_examples, train_batch_size, warmup_epochs=10,
-               train_epochs=None, train_steps=None, scaling='linear', name='WarmUpAndCosineDecay'):
-    if scaling not in LR_SCALINGS:
-      raise ValueError(f'learning_rate_scaling must be one of {LR_SCALINGS}, got {scaling!r}.')
-    if train_batch_size < 1 or num_examples < 1:
-      raise ValueError(f'train_batch_size and num_examples must be >= 1, got {train_batch_size} and '
-                       f'{num_examples}.')
-    if warmup_epochs < 0:
-      raise ValueError(f'warmup_epochs must be >= 0, got {warmup_epochs}.')
-    self.base_learning_rate = base_learning_rate
-    self.num_examples = num_examples
-    self.train_batch_size = train_batch_size
-    self.warmup_epochs = warmup_epochs
-    self.train_epochs = train_epochs
-    self.train_steps = train_steps
-    self.scaling = scaling
-    if scaling == 'linear':
-      self.scaled_learning_rate = base_learning_rate * train_batch_size / 256.
-    else:
-      self.scaled_learning_rate = base_learning_rate * math.sqrt(train_batch_size)
-    self.total_steps = get_train_steps(num_examples, train_batch_size, train_epochs, train_steps)
-    warmup_steps = get_warmup_steps(warmup_epochs, num_examples, train_batch_size)
-    # A warmup as long as training or longer: the rate rises all run, as in the authors' schedule.
-    super().__init__(initial_learning_rate=0.0, decay_steps=max(1, self.total_steps - warmup_steps),
-                     warmup_target=self.scaled_learning_rate, warmup_steps=warmup_steps, name=name)
-
-  def get_config(self):
-    return {
-        'base_learning_rate': self.base_learning_rate,
-        'num_examples': self.num_examples,
-        'train_batch_size': self.train_batch_size,
-        'warmup_epochs': self.warmup_epochs,
-        'train_epochs': self.train_epochs,
-        'train_steps': self.train_steps,
-        'scaling': self.scaling,
-        'name': self.name,
-    }
-
-
-def build_optimizer(name, learning_rate, momentum=0.9, weight_decay=0.0, precision='float32'):
-  """The optimizer the paper's flags name. Only LARS applies weight decay itself; see `weight_decay_loss`.
-
-  Under mixed_float16 it is wrapped in Keras' dynamic `LossScaleOptimizer`: gradients of the scaled loss
-  are unscaled before the update, and a step with Inf/NaN gradients is skipped and halves the scale. Train
-  steps call `optimizer.scale_loss(loss)` (the identity for the others).
-  """
-  if name == 'lars':
-    optimizer = lars_optimizer.LARSOptimizer(learning_rate, momentum=momentum, weight_decay=weight_decay,
-                                             exclude_from_weight_decay=EXCLUDE_FROM_WEIGHT_DECAY)
-  elif name == 'momentum':
-    optimizer = keras.optimizers.SGD(learning_rate, momentum=momentum, nesterov=True)
-  elif name == 'adam':
-    optimizer = keras.optimizers.Adam(learning_rate)
-  else:
-    raise ValueError(f'optimizer must be one of {OPTIMIZERS}, got {name!r}.')
-  if precision == 'mixed_float16':
-    optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-  return optimizer
-
-
-def weight_decay_loss(variables, weight_decay, optimizer_name=None):
-  """The explicit L2 term `weight_decay * sum(||w||^2 / 2)` for what the optimizer does not decay itself.
-
-  With 'lars' that is the supervised head's kernel only (LARS decays the rest). With any other optimizer,
-  or None (the regularization loss reported by eval), every variable except BatchNorm parameters.
-  """
-  if optimizer_name == 'lars':
-    chosen = [v for v in variables
-              if lars_optimizer.path_matches(v.path, (SUPERVISED_HEAD_PATTERN,))
-              and not lars_optimizer.path_matches(v.path, (BIAS_PATTERN,))]
-  else:
-    chosen = [v for v in variables if not lars_optimizer.path_matches(v.path, (BATCH_NORM_PATTERN,))]
-  if not chosen or not weight_decay:
-    return tf.constant(0.0)
-  return weight_decay * tf.add_n([tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in chosen])

@@ -106,21 +106,14 @@ class ExportModule(tf.__internal__.tracking.AutoTrackable):
 
 
 def export(model, model_dir, step, keep=1):
-  """Writes model_dir's `saved_model/<step>/` atomically (temporary dir, then rename), keeps the newest `keep`
-  exports; returns the path."""
-  final = rundir.export_path(model_dir, step)
-  tmp = final + '.tmp'
-  if tf.io.gfile.exists(tmp):
-    tf.io.gfile.rmtree(tmp)
-  module = ExportModule(model)
+  """Writes model_dir's `saved_model/<step>/` atomically, computing in float32 (model.in_float32); keeps the
+  newest `keep` exports; returns the path."""
+  module = ExportModule(model_lib.in_float32(model))
   serving = module.trace()
-  tf.saved_model.save(module, tmp, signatures={'serving_default': serving})
-  if tf.io.gfile.exists(final):
-    tf.io.gfile.rmtree(final)
-  tf.io.gfile.rename(tmp, final)
-  exports = rundir.exported_steps(model_dir)
-  for old in exports[:-keep] if keep > 0 else []:
-    tf.io.gfile.rmtree(rundir.export_path(model_dir, old))
+  final = rundir.replace_export(rundir.export_path(model_dir, step),
+                                lambda folder: tf.saved_model.save(module, folder,
+                                                                   signatures={'serving_default': serving}))
+  rundir.keep_newest_exports(model_dir, keep)
   logging.info('Exported SavedModel to %s', final)
   return final
 

@@ -1,5 +1,6 @@
 """The losses: SimCLR's contrastive loss (NT-Xent), the supervised loss and SimCLRv2's distillation loss
-(train.make_train_step combines them for each training mode).
+(train.make_train_step combines them for each training mode). Temperatures are > 0: config.validate checks
+--temperature and --distill_temperature.
 
 NT-Xent (SimCLR eq. 1): for a positive pair (i, j) of views of one image, with s = cosine similarity,
     l(i, j) = -log( exp(s(z_i, z_j) / t) / sum_{k != i} exp(s(z_i, z_k) / t) ),
@@ -18,12 +19,12 @@ def _replica_info():
   """(the current tf.distribute replica context, its number of replicas in sync)."""
   context = tf.distribute.get_replica_context()
   if context is None:
-    raise ValueError('add_contrastive_loss must run in a replica context (inside strategy.run), not in '
+    raise ValueError('contrastive_loss must run in a replica context (inside strategy.run), not in '
                      'the cross-replica context.')
   return context, context.num_replicas_in_sync
 
 
-def add_contrastive_loss(hidden, hidden_norm=True, temperature=1.0):
+def contrastive_loss(hidden, hidden_norm=True, temperature=1.0):
   """NT-Xent with negatives from every replica.
 
   Args:
@@ -36,8 +37,6 @@ def add_contrastive_loss(hidden, hidden_norm=True, temperature=1.0):
     view-1-to-view-2 logits; `labels` `[N, 2 * N_global]`, one-hot on each positive. Summing
     `loss / num_replicas` over replicas gives the loss of the whole global batch on one device.
   """
-  if temperature <= 0:
-    raise ValueError(f'temperature must be > 0, got {temperature}.')
   hidden = tf.cast(hidden, tf.float32)  # Logits and softmax in float32, also under mixed precision.
   if hidden_norm:
     hidden = tf.math.l2_normalize(hidden, -1)
@@ -69,16 +68,14 @@ def add_contrastive_loss(hidden, hidden_norm=True, temperature=1.0):
   return loss, logits_ab, labels
 
 
-def add_supervised_loss(labels, logits):
+def supervised_loss(labels, logits):
   """Mean softmax cross-entropy over the local batch; `labels` one-hot (or soft) `[B, C]`, logits float32."""
   logits = tf.cast(logits, tf.float32)
   return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(tf.cast(labels, tf.float32), logits))
 
 
-def add_distillation_loss(teacher_logits, student_logits, temperature=1.0):
+def distillation_loss(teacher_logits, student_logits, temperature=1.0):
   """SimCLRv2 eq. 3: -sum_y p_T(y; t) log p_S(y; t), both softmaxes at temperature t, mean over the batch."""
-  if temperature <= 0:
-    raise ValueError(f'temperature must be > 0, got {temperature}.')
   teacher_probs = tf.nn.softmax(tf.cast(teacher_logits, tf.float32) / temperature)
   return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(
       teacher_probs, tf.cast(student_logits, tf.float32) / temperature))

@@ -12,6 +12,8 @@ import contextlib
 import logging
 import os
 import sys
+import time
+import typing
 import warnings
 
 DETAIL_FLAGS = ('--verbosity', '-v', '--v', '--logtostderr', '--alsologtostderr')
@@ -19,13 +21,13 @@ DETAIL_FLAGS = ('--verbosity', '-v', '--v', '--logtostderr', '--alsologtostderr'
 LIBRARY_MODULES = r'(tensorflow|tensorflow_datasets|keras|tf_keras|absl|google|tensorboard|array_record|etils)(\..*)?'
 
 
-def wants_detail(argv):
+def wants_detail(argv: typing.Sequence[str]) -> bool:
   """Whether the command line asks for the libraries' logs (absl's verbosity / logtostderr flags)."""
   return any(arg == flag or arg.startswith(flag + '=') for arg in argv[1:] for flag in DETAIL_FLAGS)
 
 
 @contextlib.contextmanager
-def native_stderr_silenced(enabled=True):
+def native_stderr_silenced(enabled: bool = True) -> typing.Iterator[None]:
   """Sends what C++ code writes to stderr to /dev/null inside the block (Python exceptions still show)."""
   if not enabled:
     yield
@@ -45,17 +47,17 @@ def native_stderr_silenced(enabled=True):
 class _ProjectOnly(logging.Filter):
   """Keeps errors, and warnings from files under `root`; drops the libraries' info and warnings."""
 
-  def __init__(self, root):
+  def __init__(self, root: str) -> None:
     super().__init__()
     self.root = os.path.abspath(root) + os.sep
 
-  def filter(self, record):
+  def filter(self, record: logging.LogRecord) -> bool:
     return record.levelno >= logging.ERROR or (
         record.levelno >= logging.WARNING and os.path.abspath(record.pathname).startswith(self.root) and
         os.sep + '.venv' + os.sep not in record.pathname and 'site-packages' not in record.pathname)
 
 
-def quiet(project_root):
+def quiet(project_root: str) -> logging.Filter:
   """Python side of the quiet default: this project's warnings and every error stay, as `LEVEL: message`;
   the libraries' warnings (`warnings` module and log records) and their info lines go. Returns the filter."""
   warnings.filterwarnings('ignore', module=LIBRARY_MODULES)
@@ -67,66 +69,62 @@ def quiet(project_root):
   return keep
 
 
-def status(message):
+def status(message: str) -> None:
   """One line on stdout, at once: what the run is doing now (preparing data, compiling, ...)."""
   print(message, flush=True)
 
 
-def duration(seconds):
+def duration(seconds: float) -> str:
   seconds = int(seconds)
   return f'{seconds // 3600}h{seconds // 60 % 60:02d}m' if seconds >= 3600 else \
       f'{seconds // 60}m{seconds % 60:02d}s'
 
 
-# (metric name, column label, format) in the order the progress line shows them. Pretraining leads with the
-# contrastive loss, what it optimises; the online linear head's accuracy is a separate column.
-COLUMNS = (
-    ('train/contrast_loss', 'contrast_loss', '.3f'),
-    ('train/contrast_acc', 'contrast_acc', '.3f'),
-    ('train/distill_loss', 'distill_loss', '.3f'),
-    ('train/teacher_agreement', 'teacher_agreement', '.3f'),
-    ('train/supervised_loss', 'loss', '.3f'),
-    ('train/supervised_acc', 'acc', '.3f'),
-    ('knn/top_1_accuracy', 'knn_top1', '.3f'),
-)
-
-
 class Progress:
-  """A progress bar on a terminal, one line per loop otherwise: step, the losses and accuracies of
-  `COLUMNS` present in a loop's values, images per second, learning rate and time left.
+  """A progress bar on a terminal, one line per loop otherwise: step, the values of `columns` -- (metric name,
+  label, format) -- present in a loop's values, images per second, learning rate and time left.
 
   In pretraining, `loss` / `acc` are the online linear head's (`head_loss` / `head_acc`): they are not
-  what pretraining optimises, and with the encoder's learning rate they can spike early on.
+  what pretraining optimises, and with the encoder's learning rate they can spike early on. `total_steps` may
+  be None until a time budget fixes it (`step 5/?`); with a `deadline` (time.monotonic()) the time left counts
+  down to it.
   """
 
-  def __init__(self, start_step, total_steps, batch_size, pretrain=False, stream=None):
+  def __init__(self, start_step: int, total_steps: typing.Optional[int], batch_size: int,
+               columns: typing.Sequence[tuple[str, str, str]], pretrain: bool = False,
+               deadline: typing.Optional[float] = None, stream: typing.Optional[typing.TextIO] = None) -> None:
     self.last_step = start_step
     self.total_steps = total_steps
     self.batch_size = batch_size
     self.pretrain = pretrain
+    self.deadline = deadline
+    self._columns = [(name, 'head_' + label if pretrain and label in ('loss', 'acc') else label, fmt)
+                     for name, label, fmt in columns]
     self.stream = stream or sys.stdout
     self.bar = None
     if self.stream.isatty():
       import keras  # pylint: disable=g-import-not-at-top
-      self.bar = keras.utils.Progbar(total_steps, stateful_metrics=[label for _, label, _ in self.columns()] +
+      self.bar = keras.utils.Progbar(total_steps, stateful_metrics=[label for _, label, _ in self._columns] +
                                      ['img/s', 'lr'])
 
-  def columns(self):
-    for name, label, fmt in COLUMNS:
-      if self.pretrain and label in ('loss', 'acc'):
-        label = 'head_' + label
-      yield name, label, fmt
+  def columns(self) -> list[tuple[str, str, str]]:
+    return list(self._columns)
 
-  def update(self, step, seconds, values, learning_rate):
+  def update(self, step: int, seconds: float, values: dict[str, float], learning_rate: float) -> None:
     steps_done = max(step - self.last_step, 1)
     self.last_step = step
     images_per_sec = steps_done * self.batch_size / max(seconds, 1e-9)
-    shown = [(label, values[name], fmt) for name, label, fmt in self.columns() if name in values]
+    shown = [(label, values[name], fmt) for name, label, fmt in self._columns if name in values]
     if self.bar is not None:
+      self.bar.target = self.total_steps
       self.bar.update(step, [(label, value) for label, value, _ in shown] +
                       [('img/s', images_per_sec), ('lr', learning_rate)])
       return
-    eta = (self.total_steps - step) * seconds / steps_done
+    if self.deadline is not None:
+      eta = max(0.0, self.deadline - time.monotonic())
+    else:
+      eta = (self.total_steps - step) * seconds / steps_done
     columns = ''.join(f' | {label} {value:{fmt}}' for label, value, fmt in shown)
-    print(f'step {step}/{self.total_steps}{columns} | {images_per_sec:.0f} img/s | lr {learning_rate:.3g} | '
+    total = '?' if self.total_steps is None else self.total_steps
+    print(f'step {step}/{total}{columns} | {images_per_sec:.0f} img/s | lr {learning_rate:.3g} | '
           f'ETA {duration(eta)}', file=self.stream, flush=True)

@@ -11,8 +11,12 @@ The attribute names of the layers follow the authors' TF2 code, so the two share
 Images are NHWC floats in [0, 1]; the authors' code does not normalise them either.
 """
 
+import typing
+
 import keras
 import tensorflow as tf
+
+import resnet_shapes
 
 if keras.backend.backend() != 'tensorflow':
   raise ImportError(
@@ -20,22 +24,6 @@ if keras.backend.backend() != 'tensorflow':
       f'KERAS_BACKEND is {keras.backend.backend()!r}: unset it or set it to "tensorflow".')
 
 BATCH_NORM_EPSILON = 1e-5
-
-# Names of the tensors `Resnet(..., return_endpoints=True)` returns, in network order.
-ENDPOINTS = ('initial_conv', 'initial_max_pool', 'block_group1', 'block_group2', 'block_group3',
-             'block_group4', 'final_avg_pool')
-
-# depth -> (block type, blocks per group).
-ARCHITECTURES = {
-    18: ('basic', (2, 2, 2, 2)),
-    34: ('basic', (3, 4, 6, 3)),
-    50: ('bottleneck', (3, 4, 6, 3)),
-    101: ('bottleneck', (3, 4, 23, 3)),
-    152: ('bottleneck', (3, 8, 36, 3)),
-    200: ('bottleneck', (3, 24, 36, 3)),
-}
-SUPPORTED_DEPTHS = tuple(sorted(ARCHITECTURES))
-
 
 class Layer(keras.layers.Layer):
   """A Keras layer whose sublayers held in Python lists are also checkpoint dependencies.
@@ -46,7 +34,7 @@ class Layer(keras.layers.Layer):
   alike, so the variables of an exported model can be restored by the same object graph.
   """
 
-  def _trackable_children(self, save_type='checkpoint', **kwargs):
+  def _trackable_children(self, save_type: str = 'checkpoint', **kwargs) -> dict:
     children = super()._trackable_children(save_type, **kwargs)
     for name in getattr(self, '_tracked', ()):  # also for SavedModels, so an export restores like a checkpoint
       value = getattr(self, name, None)
@@ -57,7 +45,7 @@ class Layer(keras.layers.Layer):
     return children
 
 
-def _conv_initializer():
+def _conv_initializer() -> keras.initializers.Initializer:
   return keras.initializers.VarianceScaling()
 
 
@@ -69,7 +57,8 @@ class BatchNormalization(keras.layers.BatchNormalization):
   what `keras.layers.BatchNormalization` computes (tested) and checkpoints are interchangeable.
   """
 
-  def call(self, inputs, training=None, mask=None):
+  def call(self, inputs: tf.Tensor, training: typing.Optional[bool] = None,
+           mask: typing.Optional[tf.Tensor] = None) -> tf.Tensor:
     if self.synchronized or getattr(self, 'renorm', False) or mask is not None or len(inputs.shape) != 4 or self.axis not in (-1, 3):
       return super().call(inputs, training=training, mask=mask)
     # The kernel keeps statistics and scale/offset in float32 for 16-bit inputs: no cast needed around it.
@@ -95,8 +84,8 @@ class BatchNormalization(keras.layers.BatchNormalization):
 class BatchNormRelu(keras.layers.Layer):
   """BatchNorm (cross-replica when `global_bn`) followed by an optional ReLU."""
 
-  def __init__(self, relu=True, init_zero=False, center=True, scale=True, global_bn=True,
-               batch_norm_decay=0.9, **kwargs):
+  def __init__(self, relu: bool = True, init_zero: bool = False, center: bool = True, scale: bool = True,
+               global_bn: bool = True, batch_norm_decay: float = 0.9, **kwargs) -> None:
     super().__init__(**kwargs)
     self.relu = relu
     self.bn = BatchNormalization(
@@ -109,12 +98,12 @@ class BatchNormRelu(keras.layers.Layer):
         synchronized=global_bn,
         name='batch_normalization')
 
-  def call(self, inputs, training=None):
+  def call(self, inputs: tf.Tensor, training: typing.Optional[bool] = None) -> tf.Tensor:
     inputs = self.bn(inputs, training=training)
     return tf.nn.relu(inputs) if self.relu else inputs
 
 
-def _fixed_padding(inputs, kernel_size):
+def _fixed_padding(inputs: tf.Tensor, kernel_size: int) -> tf.Tensor:
   """Pads H and W so a strided 'VALID' conv does not depend on the input size being even."""
   pad_total = kernel_size - 1
   pad_beg = pad_total // 2
@@ -126,7 +115,7 @@ class Conv2dFixedPadding(keras.layers.Layer):
   """Bias-free convolution; strided ones pad explicitly ('VALID') as in the reference ResNet. `filters` may be a
   fraction (a width-multiplied base width): it is truncated, as Keras 2 did in the authors' code."""
 
-  def __init__(self, filters, kernel_size, strides, **kwargs):
+  def __init__(self, filters: float, kernel_size: int, strides: int, **kwargs) -> None:
     super().__init__(**kwargs)
     self.kernel_size = kernel_size
     self.strides = strides
@@ -139,30 +128,10 @@ class Conv2dFixedPadding(keras.layers.Layer):
         kernel_initializer=_conv_initializer(),
         name='conv2d')
 
-  def call(self, inputs, training=None):
+  def call(self, inputs: tf.Tensor, training: typing.Optional[bool] = None) -> tf.Tensor:
     if self.strides > 1:
       inputs = _fixed_padding(inputs, self.kernel_size)
     return self.conv2d(inputs)
-
-
-def channels(filters, width_multiplier):
-  """Channels of a layer with `filters` at width 1x (64, 128, 256, 512, a bottleneck's 4x, an SK conv's 2x).
-
-  Truncated, not rounded: the authors' code passes `64 * width_multiplier` (a float) to Keras 2, which truncates
-  (width 0.1: 6, 12, 25, 51 channels; a bottleneck's output int(1024 * 0.1) = 102, not 4 * 25).
-  """
-  return int(filters * width_multiplier)
-
-
-def sk_attention_width(filters, sk_ratio, min_dim=32):
-  """Hidden channels of a selective-kernel attention MLP, as the SimCLRv2 code sizes it (`filters`: the
-  block's fractional base width, as `BlockGroup` gets it)."""
-  return max(int(filters * sk_ratio), min_dim)
-
-
-def se_width(filters, se_ratio):
-  """Bottleneck channels of a squeeze-excitation layer, as the SimCLRv2 code sizes it (`filters` as above)."""
-  return max(1, int(filters * se_ratio))
 
 
 class SK_Conv2D(Layer):  # pylint: disable=invalid-name
@@ -172,20 +141,20 @@ class SK_Conv2D(Layer):  # pylint: disable=invalid-name
   MLP has max(filters * sk_ratio, min_dim) hidden channels.
   """
 
-  def __init__(self, filters, strides, sk_ratio, min_dim=32, global_bn=True, batch_norm_decay=0.9,
-               **kwargs):
+  def __init__(self, filters: float, strides: int, sk_ratio: float, min_dim: int = 32, global_bn: bool = True,
+               batch_norm_decay: float = 0.9, **kwargs) -> None:
     super().__init__(**kwargs)
     bn_args = dict(global_bn=global_bn, batch_norm_decay=batch_norm_decay)
     self.conv2d_fixed_padding = Conv2dFixedPadding(2 * filters, kernel_size=3, strides=strides)  # int() inside
     self.batch_norm_relu = BatchNormRelu(**bn_args)
-    mid_dim = sk_attention_width(filters, sk_ratio, min_dim)
+    mid_dim = resnet_shapes.sk_attention_width(filters, sk_ratio, min_dim)
     self.conv2d_0 = keras.layers.Conv2D(mid_dim, kernel_size=1, use_bias=False,
                                         kernel_initializer=_conv_initializer())
     self.batch_norm_relu_1 = BatchNormRelu(**bn_args)
     self.conv2d_1 = keras.layers.Conv2D(int(2 * filters), kernel_size=1, use_bias=False,
                                         kernel_initializer=_conv_initializer())
 
-  def call(self, inputs, training=None):
+  def call(self, inputs: tf.Tensor, training: typing.Optional[bool] = None) -> tf.Tensor:
     streams = self.batch_norm_relu(self.conv2d_fixed_padding(inputs), training=training)
     streams = tf.stack(tf.split(streams, 2, axis=-1))  # [2, B, H, W, C]
     global_features = tf.reduce_mean(tf.reduce_sum(streams, axis=0), [1, 2], keepdims=True)
@@ -202,24 +171,24 @@ class SE_Layer(keras.layers.Layer):  # pylint: disable=invalid-name
   4x output), as in the SimCLRv2 code.
   """
 
-  def __init__(self, filters, se_ratio, **kwargs):
+  def __init__(self, filters: float, se_ratio: float, **kwargs) -> None:
     super().__init__(**kwargs)
-    self.se_reduce = keras.layers.Conv2D(se_width(filters, se_ratio), kernel_size=1,
+    self.se_reduce = keras.layers.Conv2D(resnet_shapes.se_width(filters, se_ratio), kernel_size=1,
                                          use_bias=True, kernel_initializer=_conv_initializer())
     self.se_expand = None
 
-  def build(self, input_shape):
+  def build(self, input_shape: tuple) -> None:
     self.se_expand = keras.layers.Conv2D(input_shape[-1], kernel_size=1, use_bias=True,
                                          kernel_initializer=_conv_initializer(),
                                          trainable=self.trainable)  # frozen before it was built: stay so
 
-  def call(self, inputs, training=None):
+  def call(self, inputs: tf.Tensor, training: typing.Optional[bool] = None) -> tf.Tensor:
     se_tensor = tf.reduce_mean(inputs, [1, 2], keepdims=True)
     se_tensor = self.se_expand(tf.nn.relu(self.se_reduce(se_tensor)))
     return tf.sigmoid(se_tensor) * inputs
 
 
-def _projection_shortcut(filters_out, strides, resnet_d, bn_args):
+def _projection_shortcut(filters_out: float, strides: int, resnet_d: bool, bn_args: dict) -> list[keras.layers.Layer]:
   """Layers of the shortcut of a group's first block: 1x1 conv (ResNet-D: avg-pool, then 1x1) + BN."""
   layers = []
   if resnet_d:
@@ -237,8 +206,8 @@ def _projection_shortcut(filters_out, strides, resnet_d, bn_args):
 class ResidualBlock(Layer):
   """Basic block of ResNet-18/34: two 3x3 convolutions."""
 
-  def __init__(self, filters, strides, use_projection=False, sk_ratio=0.0, se_ratio=0.0, global_bn=True,
-               batch_norm_decay=0.9, **kwargs):
+  def __init__(self, filters: float, strides: int, use_projection: bool = False, sk_ratio: float = 0.0,
+               se_ratio: float = 0.0, global_bn: bool = True, batch_norm_decay: float = 0.9, **kwargs) -> None:
     super().__init__(**kwargs)
     bn_args = dict(global_bn=global_bn, batch_norm_decay=batch_norm_decay)
     self.shortcut_layers = (
@@ -251,7 +220,7 @@ class ResidualBlock(Layer):
     ]
     self.se_layer = SE_Layer(filters, se_ratio) if se_ratio > 0 else None
 
-  def call(self, inputs, training=None):
+  def call(self, inputs: tf.Tensor, training: typing.Optional[bool] = None) -> tf.Tensor:
     shortcut = inputs
     for layer in self.shortcut_layers:
       shortcut = layer(shortcut, training=training)
@@ -265,8 +234,8 @@ class ResidualBlock(Layer):
 class BottleneckBlock(Layer):
   """Bottleneck block of ResNet-50 and deeper: 1x1, 3x3 (or selective kernel), 1x1 with 4x filters."""
 
-  def __init__(self, filters, strides, use_projection=False, sk_ratio=0.0, se_ratio=0.0, global_bn=True,
-               batch_norm_decay=0.9, **kwargs):
+  def __init__(self, filters: float, strides: int, use_projection: bool = False, sk_ratio: float = 0.0,
+               se_ratio: float = 0.0, global_bn: bool = True, batch_norm_decay: float = 0.9, **kwargs) -> None:
     super().__init__(**kwargs)
     bn_args = dict(global_bn=global_bn, batch_norm_decay=batch_norm_decay)
     self.projection_layers = (
@@ -282,7 +251,7 @@ class BottleneckBlock(Layer):
       layers.append(SE_Layer(filters, se_ratio))
     self.conv_relu_dropblock_layers = layers
 
-  def call(self, inputs, training=None):
+  def call(self, inputs: tf.Tensor, training: typing.Optional[bool] = None) -> tf.Tensor:
     shortcut = inputs
     for layer in self.projection_layers:
       shortcut = layer(shortcut, training=training)
@@ -295,12 +264,13 @@ class BlockGroup(Layer):
   """`blocks` blocks; the first one strides and has the projection shortcut. `filters` is the group's base
   width times the width multiplier, a float as in the authors' code: each layer truncates its own multiple."""
 
-  def __init__(self, filters, block_fn, blocks, strides, block_args, **kwargs):
+  def __init__(self, filters: float, block_fn: type[keras.layers.Layer], blocks: int, strides: int,
+               block_args: dict, **kwargs) -> None:
     super().__init__(**kwargs)
     self.layers = [block_fn(filters, strides, use_projection=True, **block_args)]
     self.layers += [block_fn(filters, 1, **block_args) for _ in range(1, blocks)]
 
-  def call(self, inputs, training=None):
+  def call(self, inputs: tf.Tensor, training: typing.Optional[bool] = None) -> tf.Tensor:
     for layer in self.layers:
       inputs = layer(inputs, training=training)
     return inputs
@@ -309,18 +279,19 @@ class BlockGroup(Layer):
 class Resnet(Layer):
   """ResNet v1 trunk + global average pool: images [B, H, W, 3] -> representation [B, C].
 
-  `call(images, training, return_endpoints=True)` returns the dict of `ENDPOINTS` instead.
+  `call(images, training, return_endpoints=True)` returns the dict of `resnet_shapes.ENDPOINTS` instead.
   `fine_tune_after_block` = k >= 0 freezes everything up to block group k (0 = the stem): those layers are
   not trainable (their BatchNorms use the moving statistics) and no gradient flows into them.
   """
 
-  def __init__(self, block_fn, layers, width_multiplier, cifar_stem=False, sk_ratio=0.0, se_ratio=0.0,
-               global_bn=True, batch_norm_decay=0.9, fine_tune_after_block=-1, **kwargs):
+  def __init__(self, block_fn: type[keras.layers.Layer], layers: typing.Sequence[int], width_multiplier: float,
+               cifar_stem: bool = False, sk_ratio: float = 0.0, se_ratio: float = 0.0, global_bn: bool = True,
+               batch_norm_decay: float = 0.9, fine_tune_after_block: int = -1, **kwargs) -> None:
     super().__init__(**kwargs)
     self.fine_tune_after_block = fine_tune_after_block
     bn_args = dict(global_bn=global_bn, batch_norm_decay=batch_norm_decay)
 
-    width = lambda filters: channels(filters, width_multiplier)
+    width = lambda filters: resnet_shapes.channels(filters, width_multiplier)
     stem = []
     if cifar_stem:
       stem += [Conv2dFixedPadding(width(64), kernel_size=3, strides=1), BatchNormRelu(**bn_args)]
@@ -339,14 +310,16 @@ class Resnet(Layer):
     block_args = dict(sk_ratio=sk_ratio, se_ratio=se_ratio, **bn_args)
     self.block_groups = [
         BlockGroup(filters, block_fn, blocks, strides, block_args, name=f'block_group{i + 1}')
-        for i, (filters, blocks, strides) in enumerate(zip(group_widths(width_multiplier), layers, (1, 2, 2, 2)))
+        for i, (filters, blocks, strides) in enumerate(
+            zip(resnet_shapes.group_widths(width_multiplier), layers, (1, 2, 2, 2)))
     ]
     # Freeze the stem (k = 0) and the block groups up to k, as the authors' code does for fine-tuning.
     if fine_tune_after_block >= 0:
       for layer in stem + self.block_groups[:fine_tune_after_block]:
         layer.trainable = False
 
-  def call(self, inputs, training=None, return_endpoints=False):
+  def call(self, inputs: tf.Tensor, training: typing.Optional[bool] = None,
+           return_endpoints: bool = False) -> typing.Union[tf.Tensor, dict[str, tf.Tensor]]:
     endpoints = {}
     net = inputs
     for i, layer in enumerate(self.initial_conv_relu_max_pool):
@@ -366,8 +339,9 @@ class Resnet(Layer):
     return endpoints if return_endpoints else net
 
 
-def resnet(resnet_depth, width_multiplier=1, cifar_stem=False, sk_ratio=0.0, se_ratio=0.0, global_bn=True,
-           batch_norm_decay=0.9, fine_tune_after_block=-1, name='resnet'):
+def resnet(resnet_depth: int, width_multiplier: float = 1, cifar_stem: bool = False, sk_ratio: float = 0.0,
+           se_ratio: float = 0.0, global_bn: bool = True, batch_norm_decay: float = 0.9,
+           fine_tune_after_block: int = -1, name: str = 'resnet') -> Resnet:
   """Builds the SimCLR ResNet encoder.
 
   Args:
@@ -384,46 +358,8 @@ def resnet(resnet_depth, width_multiplier=1, cifar_stem=False, sk_ratio=0.0, se_
   Returns:
     A `Resnet` layer; output width is int(512 * w) (depth 18/34) or int(2048 * w).
   """
-  if resnet_depth not in ARCHITECTURES:
-    raise ValueError(f'resnet_depth must be one of {SUPPORTED_DEPTHS}, got {resnet_depth}.')
-  if not width_multiplier > 0 or channels(64, width_multiplier) < 2:
-    raise ValueError(f'width_multiplier must be positive and leave >= 2 stem channels, got {width_multiplier}.')
-  if sk_ratio < 0 or se_ratio < 0:
-    raise ValueError(f'sk_ratio and se_ratio must be >= 0, got {sk_ratio} and {se_ratio}.')
-  if sk_ratio > 0 and not selective_kernels_fit(resnet_depth, width_multiplier):
-    raise ValueError(f'selective kernels need even widths: width_multiplier {width_multiplier} gives '
-                     f'{selective_kernel_widths(width_multiplier)}.')
-  if fine_tune_after_block not in (-1, 0, 1, 2, 3, 4):
-    raise ValueError(f'fine_tune_after_block must be in -1..4, got {fine_tune_after_block}.')
-  block, layers = ARCHITECTURES[resnet_depth]
+  block, layers = resnet_shapes.ARCHITECTURES[resnet_depth]
   block_fn = ResidualBlock if block == 'basic' else BottleneckBlock
   return Resnet(block_fn, layers, width_multiplier, cifar_stem=cifar_stem, sk_ratio=sk_ratio,
                 se_ratio=se_ratio, global_bn=global_bn, batch_norm_decay=batch_norm_decay,
                 fine_tune_after_block=fine_tune_after_block, name=name)
-
-
-def group_widths(width_multiplier):
-  """The block groups' base widths as their layers get them: 64, 128, 256, 512 times the multiplier (floats)."""
-  return [filters * width_multiplier for filters in (64, 128, 256, 512)]
-
-
-def selective_kernel_widths(width_multiplier):
-  """Channels of each group's selective-kernel 2x conv (both streams) at this width."""
-  return [int(2 * filters) for filters in group_widths(width_multiplier)]
-
-
-def selective_kernels_fit(resnet_depth, width_multiplier):
-  """Whether selective kernels can be built at this width: a bottleneck's 2x conv is split into two equal
-  streams, so its truncated width must be even (not so at width 0.1: int(2 * 25.6) = 51; the authors' code fails
-  too). Basic blocks have none (`sk_ratio` gives them only the ResNet-D stem and shortcut)."""
-  return expansion(resnet_depth) == 1 or all(w % 2 == 0 for w in selective_kernel_widths(width_multiplier))
-
-
-def expansion(resnet_depth):
-  """How much wider a block's output is than its base width: 1 for basic blocks, 4 for bottlenecks."""
-  return 1 if ARCHITECTURES[resnet_depth][0] == 'basic' else 4
-
-
-def output_width(resnet_depth, width_multiplier=1):
-  """Width of the pooled representation for a depth and width multiplier."""
-  return channels(512 * expansion(resnet_depth), width_multiplier)

@@ -37,6 +37,7 @@ with progress.native_stderr_silenced(not DETAIL):  # what TensorFlow's C++ print
   import config as config_lib
   import data as data_lib
   import evaluation
+  import model as model_lib
   import model_io
   import rundir
   import signals
@@ -178,6 +179,19 @@ def build_strategy(cfg):
   return strategy
 
 
+def resolve_precision(cfg):
+  """--precision=auto as the number format this hardware is fast at (model.resolve_precision), so flags.json
+  records what ran; -v says which and why. Evaluations and exports compute in float32: what the weights mean,
+  measured the same way on every machine."""
+  if cfg.run.mode in ('eval', 'embed_plot', 'export'):
+    precision, why = 'float32', f'--mode={cfg.run.mode} computes in float32'
+  else:
+    precision, why = model_lib.resolve_precision(cfg.model.precision, cfg.run.use_tpu)
+  if DETAIL:
+    progress.status(f'Precision: {precision} ({why}).')
+  return cfg.replace(precision=precision)
+
+
 def is_chief(strategy):
   """Only the chief writes checkpoints, summaries, results and exports."""
   resolver = getattr(strategy, 'cluster_resolver', None)
@@ -189,11 +203,20 @@ def is_chief(strategy):
 # ------------------------------------------------------------------------------------------- modes
 
 
-def export_file(cfg, strategy, files):
-  """--mode=export: this project's SavedModel of --checkpoint (or model_dir's latest checkpoint), no training."""
+def export_file(cfg, strategy, files, explicit):
+  """--mode=export of --checkpoint (or model_dir's latest checkpoint), no training: this project's SavedModel, or
+  the PyTorch / ONNX export (torch_export.py, which reads the file's weights without building the TF model)."""
   file = files['checkpoint'] or architecture.inspect(cfg.run.model_dir)
-  model = model_io.load(cfg, strategy, file)
-  path = model_io.export(model, cfg.run.model_dir, file.step, cfg.run.keep_hub_module_max)
+  if cfg.run.export_format == 'saved_model':
+    model = model_io.load(cfg, strategy, file)
+    path = model_io.export(model, cfg.run.model_dir, file.step, cfg.run.keep_hub_module_max)
+  else:
+    import torch_export  # pylint: disable=g-import-not-at-top
+    if cfg.run.export_format == 'torch':
+      path = torch_export.export_torch(file, cfg.run.model_dir, cfg.run.keep_hub_module_max)
+    else:
+      path = torch_export.export_onnx(file, cfg.run.model_dir, cfg.run.keep_hub_module_max,
+                                      cfg.data.image_size if 'image_size' in explicit else None)
   print(f'Exported {file.describe()} to {path}', flush=True)
 
 
@@ -201,24 +224,29 @@ def finished_run(cfg, num_examples):
   """The step of a finished run in model_dir (its final checkpoint, and its results for train_then_eval), or None."""
   paths = rundir.checkpoint_paths(cfg.run.model_dir)
   step = rundir.checkpoint_step(paths[-1]) if paths else None
-  if step is None or step < train.final_step(cfg.optim, num_examples) or not model_io.readable(paths[-1]):
+  last = train.planned_steps(cfg, num_examples)
+  if step is None or last is None or step < last or not model_io.readable(paths[-1]):
     return None
   if cfg.run.mode == 'train_then_eval' and rundir.read_result(cfg.run.model_dir, step) is None:
     return None
   return step
 
 
-def train_then_eval(cfg, strategy, source, chief, num_examples, subset_ids, files):
-  """--mode=train, and train_then_eval: training, then (pretraining) the linear evaluation on frozen features
-  and the evaluation of the classifier."""
+def train_and_evaluate(cfg, strategy, source, chief, num_examples, subset_ids, files):
+  """--mode=train: training. --mode=train_then_eval: training, then (pretraining) the linear evaluation on frozen
+  features, the evaluation of the classifier, its results and the step's SavedModel export."""
   model, step = train.train(cfg, strategy, source, chief, num_examples, subset_ids, files)
   if cfg.run.mode != 'train_then_eval':
     return
+  cfg, model = cfg.replace(precision='float32'), model_lib.in_float32(model, strategy)  # as --mode=eval does
   extra = {}
   if cfg.run.train_mode == 'pretrain' and cfg.eval.linear_eval and source.num_classes > 1:
     extra = evaluation.frozen_linear_eval(cfg, strategy, source, model)
   progress.status(f'Evaluating on {cfg.data.eval_split}...')
-  result = evaluation.evaluate(cfg, strategy, source, model, step, chief, extra)
+  result = {**evaluation.evaluate(cfg, strategy, source, model, step), **extra}
+  if chief:
+    evaluation.write_evaluation(cfg, result, step)
+    evaluation.export_once(model, cfg, step)
   print('\n'.join(evaluation.result_lines(cfg, result)), flush=True)
   print(f'Results: {rundir.result_path(cfg.run.model_dir)}', flush=True)
 
@@ -241,13 +269,14 @@ def main(argv):
     for flag in ('checkpoint', 'teacher'):
       model_file(cfg, flag, architecture.resolve)
     strategy = build_strategy(cfg)  # before TensorFlow runs anything (multi-worker and TPU need it first)
+    cfg = resolve_precision(cfg)
     files = {flag: model_file(cfg, flag) for flag in ('checkpoint', 'teacher')}
     if files['checkpoint'] is not None:
       cfg = config_lib.adopt_architecture(cfg, explicit, files['checkpoint'])
     config_lib.validate(cfg, strategy.num_replicas_in_sync)
     check_own_run(cfg)
     if cfg.run.mode == 'export':  # needs no data
-      return export_file(cfg, strategy, files)
+      return export_file(cfg, strategy, files, explicit)
     progress.status(f'Preparing data: {cfg.data.dataset}...')
     source = data_lib.load_source(cfg.data.dataset, cfg.data.data_dir, cfg.data.strict_images)
     check_classifiers(cfg, files, source)
@@ -265,7 +294,7 @@ def main(argv):
     if r.mode == 'eval' and files['checkpoint'] is not None:
       evaluation.eval_file(cfg, strategy, source, chief, files['checkpoint'])
     elif r.mode == 'eval':
-      evaluation.eval_checkpoints(cfg, strategy, source, chief, train.final_step(cfg.optim, num_examples))
+      evaluation.eval_checkpoints(cfg, strategy, source, chief, train.planned_steps(cfg, num_examples))
     elif r.mode == 'embed_plot':
       path = evaluation.embedding_plot(cfg, strategy, source, files)
       print(f'Embedding plot (random encoder | trained): {path}', flush=True)
@@ -275,7 +304,7 @@ def main(argv):
       if r.mode == 'train_then_eval':
         print('\n'.join(evaluation.result_lines(cfg, rundir.read_result(r.model_dir, step))), flush=True)
     else:
-      train_then_eval(cfg, strategy, source, chief, num_examples, subset_ids, files)
+      train_and_evaluate(cfg, strategy, source, chief, num_examples, subset_ids, files)
   except (config_lib.UsageError, data_lib.DataError, architecture.ModelFileError, FloatingPointError) as error:
     sys.exit(f'Error: {error}')
   except signals.Stopped as stopped:

@@ -5,8 +5,11 @@ files are TensorFlow's summary writers', the `checkpoint` state file TensorFlow'
     label_subset.json       the example ids of a label fraction, and how they were chosen
     ckpt-<step>.*           training checkpoints (model and optimizer), named by their global step
     events.out.tfevents.*   training summaries; eval/ (or eval_<name>/) the evaluation's
+    schedule.json           the steps a time budget (--train_time) fixed, and the timings they were fixed from
     result.json             the latest evaluation; result_<step>.json each step's, merged as evaluations add keys
     saved_model/<step>/     SavedModel exports (TF Hub Reusable, the authors' interface)
+    torch/<step>/           PyTorch exports (model.safetensors, config.json, simclr_torch.py; torch_export.py)
+    onnx/<step>/            ONNX exports (model.onnx, config.json)
     embedding.png           --mode=embed_plot's picture
 
 Every path goes through `tf.io.gfile`, so `gs://` works like a local path.
@@ -14,63 +17,82 @@ Every path goes through `tf.io.gfile`, so `gs://` works like a local path.
 
 import json
 import os
+import typing
 
 import tensorflow as tf
 
 FLAGS_FILE = 'flags.json'
 LABEL_SUBSET_FILE = 'label_subset.json'
+SCHEDULE_FILE = 'schedule.json'
 RESULT_FILE = 'result.json'
 CHECKPOINT_NAME = 'ckpt'
-EXPORT_DIR = 'saved_model'
+EXPORT_DIRS = {'saved_model': 'saved_model', 'torch': 'torch', 'onnx': 'onnx'}
 EMBEDDING_FILE = 'embedding.png'
 
 
 # ------------------------------------------------------------------------------------------- settings
 
 
-def flags_path(model_dir):
+def flags_path(model_dir: str) -> str:
   return os.path.join(model_dir, FLAGS_FILE)
 
 
-def write_flags(model_dir, flat):
-  tf.io.gfile.makedirs(model_dir)
-  with tf.io.gfile.GFile(flags_path(model_dir), 'w') as f:
-    json.dump(flat, f, indent=1)
+def write_flags(model_dir: str, flat: dict) -> None:
+  _write_json(flags_path(model_dir), flat)
 
 
-def read_flags(folder):
+def read_flags(folder: str) -> typing.Optional[dict]:
   """The settings in `folder`'s flags.json (this project's or the authors'), or None when there is none; a file
   that is not JSON raises ValueError."""
-  path = flags_path(folder)
+  return _read_json(flags_path(folder))
+
+
+def has_flags(model_dir: str) -> bool:
+  return tf.io.gfile.exists(flags_path(model_dir))
+
+
+def write_label_subset(model_dir: str, ids: typing.Sequence[str], **details) -> str:
+  """Writes the ids (and how they were chosen) to `label_subset.json`; returns the path."""
+  path = os.path.join(model_dir, LABEL_SUBSET_FILE)
+  _write_json(path, dict(details, num_examples=len(ids), ids=list(ids)))
+  return path
+
+
+def write_schedule(model_dir: str, **schedule) -> None:
+  """The steps a time budget fixed (`train_steps`) and what they were fixed from, to schedule.json."""
+  _write_json(os.path.join(model_dir, SCHEDULE_FILE), schedule)
+
+
+def read_schedule(model_dir: typing.Optional[str]) -> typing.Optional[dict]:
+  """schedule.json's contents, or None when the run has not fixed its steps."""
+  return _read_json(os.path.join(model_dir, SCHEDULE_FILE)) if model_dir else None
+
+
+def _write_json(path: str, value: dict) -> None:
+  """Writes under a temporary name, then renames: a reader never sees half a file."""
+  tf.io.gfile.makedirs(os.path.dirname(path))
+  with tf.io.gfile.GFile(path + '.tmp', 'w') as f:
+    json.dump(value, f, indent=1)
+  tf.io.gfile.rename(path + '.tmp', path, overwrite=True)
+
+
+def _read_json(path: str) -> typing.Optional[dict]:
   if not tf.io.gfile.exists(path):
     return None
   with tf.io.gfile.GFile(path) as f:
     return json.load(f)
 
 
-def has_flags(model_dir):
-  return tf.io.gfile.exists(flags_path(model_dir))
-
-
-def write_label_subset(model_dir, ids, **details):
-  """Writes the ids (and how they were chosen) to `label_subset.json`; returns the path."""
-  tf.io.gfile.makedirs(model_dir)
-  path = os.path.join(model_dir, LABEL_SUBSET_FILE)
-  with tf.io.gfile.GFile(path, 'w') as f:
-    json.dump(dict(details, num_examples=len(ids), ids=list(ids)), f, indent=1)
-  return path
-
-
 # ------------------------------------------------------------------------------------------- checkpoints
 
 
-def checkpoint_step(path):
+def checkpoint_step(path: str) -> typing.Optional[int]:
   """The step of a `ckpt-<step>` prefix (training names every checkpoint by its step), or None."""
   number = os.path.basename(path).rsplit('-', 1)[-1]
   return int(number) if number.isdigit() else None
 
 
-def checkpoint_paths(model_dir):
+def checkpoint_paths(model_dir: typing.Optional[str]) -> list[str]:
   """The `ckpt-<step>` prefixes in model_dir that have an index file, oldest first (the `checkpoint` state file
   is not trusted: it may be stale or damaged too)."""
   if not model_dir or not tf.io.gfile.isdir(model_dir):
@@ -79,7 +101,8 @@ def checkpoint_paths(model_dir):
   return sorted((p for p in paths if checkpoint_step(p) is not None), key=checkpoint_step)
 
 
-def checkpoint_manager(checkpoint, model_dir, max_to_keep, step_counter):
+def checkpoint_manager(checkpoint: tf.train.Checkpoint, model_dir: str, max_to_keep: int,
+                       step_counter: tf.Variable) -> tf.train.CheckpointManager:
   """The manager that writes `ckpt-<step>` checkpoints into model_dir."""
   return tf.train.CheckpointManager(checkpoint, model_dir, max_to_keep=max_to_keep, checkpoint_name=CHECKPOINT_NAME,
                                     step_counter=step_counter)
@@ -88,25 +111,21 @@ def checkpoint_manager(checkpoint, model_dir, max_to_keep, step_counter):
 # ------------------------------------------------------------------------------------------- results
 
 
-def result_path(model_dir, step=None):
+def result_path(model_dir: str, step: typing.Optional[int] = None) -> str:
   """result.json (the latest evaluation), or result_<step>.json."""
   return os.path.join(model_dir, RESULT_FILE if step is None else f'result_{step}.json')
 
 
-def read_result(model_dir, step):
+def read_result(model_dir: str, step: int) -> typing.Optional[dict]:
   """The evaluation of `step`, or None if there is none."""
-  path = result_path(model_dir, step)
-  if not tf.io.gfile.exists(path):
-    return None
-  with tf.io.gfile.GFile(path) as f:
-    return json.load(f)
+  return _read_json(result_path(model_dir, step))
 
 
-def eval_summary_dir(model_dir, eval_name=None):
+def eval_summary_dir(model_dir: str, eval_name: typing.Optional[str] = None) -> str:
   return os.path.join(model_dir, f'eval_{eval_name}' if eval_name else 'eval')
 
 
-def write_results(model_dir, result, step, eval_name=None):
+def write_results(model_dir: str, result: dict, step: int, eval_name: typing.Optional[str] = None) -> list[str]:
   """`result` to result.json and result_<step>.json and its `eval/` values to TensorBoard in the evaluation's
   summary folder, merged into an earlier result of the same step (whose other keys, e.g. the linear evaluation
   after pretraining, stay). Returns the keys whose values changed; nothing is written when none did."""
@@ -120,33 +139,53 @@ def write_results(model_dir, result, step, eval_name=None):
       if name.startswith('eval/'):
         tf.summary.scalar(name, value, step=step)
   for path in (result_path(model_dir), result_path(model_dir, step)):
-    with tf.io.gfile.GFile(path, 'w') as f:
-      json.dump({**previous, **result}, f, indent=1)
+    _write_json(path, {**previous, **result})
   return changed
 
 
 # ------------------------------------------------------------------------------------------- exports and pictures
 
 
-def export_root(model_dir):
-  return os.path.join(model_dir, EXPORT_DIR)
+def export_root(model_dir: str, export_format: str = 'saved_model') -> str:
+  """Where model_dir's exports of a format go: saved_model/, torch/ or onnx/."""
+  return os.path.join(model_dir, EXPORT_DIRS[export_format])
 
 
-def export_path(model_dir, step):
-  return os.path.join(export_root(model_dir), str(step))
+def export_path(model_dir: str, step: int, export_format: str = 'saved_model') -> str:
+  return os.path.join(export_root(model_dir, export_format), str(step))
 
 
-def has_export(model_dir, step):
+def has_export(model_dir: str, step: int) -> bool:
   return tf.io.gfile.exists(os.path.join(export_path(model_dir, step), 'saved_model.pb'))
 
 
-def exported_steps(model_dir):
-  """The steps of model_dir's exports, oldest first."""
-  root = export_root(model_dir)
+def exported_steps(model_dir: str, export_format: str = 'saved_model') -> list[int]:
+  """The steps of model_dir's exports of a format, oldest first."""
+  root = export_root(model_dir, export_format)
   if not tf.io.gfile.isdir(root):
     return []
   return sorted(int(d.rstrip('/')) for d in tf.io.gfile.listdir(root) if d.rstrip('/').isdigit())
 
 
-def embedding_path(model_dir):
+def replace_export(final: str, write: typing.Callable[[str], typing.Any]) -> str:
+  """`write(folder)` into a temporary folder, then renamed to `final` (an export already there is replaced): a
+  kill or a full disk never leaves a half-written export under the final name."""
+  tmp = final + '.tmp'
+  if tf.io.gfile.exists(tmp):
+    tf.io.gfile.rmtree(tmp)
+  tf.io.gfile.makedirs(tmp)
+  write(tmp)
+  if tf.io.gfile.exists(final):
+    tf.io.gfile.rmtree(final)
+  tf.io.gfile.rename(tmp, final)
+  return final
+
+
+def keep_newest_exports(model_dir: str, keep: int, export_format: str = 'saved_model') -> None:
+  """Deletes all but the newest `keep` exports of a format (keep <= 0: keeps all)."""
+  for old in exported_steps(model_dir, export_format)[:-keep] if keep > 0 else []:
+    tf.io.gfile.rmtree(export_path(model_dir, old, export_format))
+
+
+def embedding_path(model_dir: str) -> str:
   return os.path.join(model_dir, EMBEDDING_FILE)

@@ -11,6 +11,7 @@ TensorFlow.
 
 import os
 import platform
+import typing
 
 ONEDNN_VARIABLE = 'TF_ENABLE_ONEDNN_OPTS'
 # Where TensorFlow's wheels build oneDNN in and its default depends on the CPU's features.
@@ -24,7 +25,8 @@ ONEDNN_DEFAULT_FEATURES = ('avx512_vnni', 'avx512_bf16', 'avx_vnni', 'amx_tile',
 _decided_by = None
 
 
-def use_onednn(environ=None, machine=None):
+def use_onednn(environ: typing.Optional[typing.MutableMapping[str, str]] = None,
+               machine: typing.Optional[str] = None) -> str:
   """Turns on oneDNN's CPU kernels on x86 unless `TF_ENABLE_ONEDNN_OPTS` is already set; returns who decided:
   'environment' (the user's value kept), 'project' (set to 1 here) or 'tensorflow' (not x86: its default).
   For this process (`environ` omitted) the first call decides; later ones (another entrypoint importing
@@ -47,7 +49,7 @@ def use_onednn(environ=None, machine=None):
   return decided
 
 
-def cpu_features(cpuinfo='/proc/cpuinfo'):
+def cpu_features(cpuinfo: str = '/proc/cpuinfo') -> typing.Optional[frozenset[str]]:
   """The CPU's feature flags (Linux), or None where /proc/cpuinfo cannot be read."""
   try:
     with open(cpuinfo, encoding='utf-8', errors='replace') as f:
@@ -59,7 +61,7 @@ def cpu_features(cpuinfo='/proc/cpuinfo'):
   return None
 
 
-def tensorflow_default(features):
+def tensorflow_default(features: typing.Optional[typing.AbstractSet[str]]) -> typing.Optional[str]:
   """What TensorFlow would choose by itself on Linux with these CPU features: 'oneDNN' or 'Eigen'; None if
   the features are unknown."""
   if features is None:
@@ -67,13 +69,13 @@ def tensorflow_default(features):
   return 'oneDNN' if features & set(ONEDNN_DEFAULT_FEATURES) else 'Eigen'
 
 
-def onednn_enabled():
+def onednn_enabled() -> bool:
   """Whether TensorFlow runs its oneDNN kernels in this process (imports TensorFlow)."""
   from tensorflow.python.util import _pywrap_util_port  # pylint: disable=g-import-not-at-top
   return bool(_pywrap_util_port.IsMklEnabled())
 
 
-def describe_kernels(features=None):
+def describe_kernels(features: typing.Optional[typing.AbstractSet[str]] = None) -> str:
   """One line: which CPU kernels TensorFlow uses here, who chose them, and what TensorFlow would have chosen
   (for -v and benchmark.py)."""
   value = os.environ.get(ONEDNN_VARIABLE)
@@ -91,3 +93,35 @@ def describe_kernels(features=None):
             'about half as fast')
   kind = 'oneDNN' if onednn_enabled() else 'Eigen'
   return f'CPU kernels: {kind} ({why}); {platform.machine()}, {os.cpu_count()} CPUs.'
+
+
+# CPU features (/proc/cpuinfo names) of bfloat16 arithmetic units: Intel AMX, and AVX-512 BF16 (Intel Cooper Lake
+# and Sapphire Rapids on, AMD Zen 4 on). Without them oneDNN emulates bfloat16, several times slower than float32.
+BF16_CPU_FEATURES = ('amx_bf16', 'avx512_bf16')
+
+
+def choose_precision(use_tpu: bool = False, gpu_compute_capabilities: typing.Sequence[tuple[int, int]] = (),
+                     features: typing.Optional[typing.AbstractSet[str]] = None) -> tuple[str, str]:
+  """(Keras dtype policy, why) for `--precision=auto` on this hardware.
+
+  TPUs and CPUs with bfloat16 units: mixed_bfloat16 (float32 variables, optimizer and loss); they compute bf16
+  products at several times the float32 rate, and bfloat16 keeps float32's range, so no loss scaling. GPUs:
+  mixed_bfloat16 from compute capability 8.0 (Ampere: bf16 tensor cores), mixed_float16 with dynamic loss
+  scaling on 7.x (Volta, Turing: float16 tensor cores only), as TensorFlow's mixed-precision guide advises;
+  float32 on older GPUs and on CPUs without bfloat16 units. `features`: the CPU's flags (default: this CPU's).
+  """
+  if use_tpu:
+    return 'mixed_bfloat16', 'a TPU computes in bfloat16'
+  if gpu_compute_capabilities:
+    lowest = min(gpu_compute_capabilities)
+    name = f'GPU compute capability {lowest[0]}.{lowest[1]}'
+    if lowest >= (8, 0):
+      return 'mixed_bfloat16', f'{name} has bfloat16 tensor cores'
+    if lowest >= (7, 0):
+      return 'mixed_float16', f'{name} has float16 tensor cores, not bfloat16 ones'
+    return 'float32', f'{name} has no 16-bit tensor cores'
+  features = cpu_features() if features is None else features
+  units = sorted((features or set()) & set(BF16_CPU_FEATURES))
+  if units:
+    return 'mixed_bfloat16', f'this CPU has bfloat16 units ({", ".join(units)})'
+  return 'float32', 'this CPU has no bfloat16 units (AMX, AVX-512 BF16): bfloat16 would be emulated, slower'

@@ -11,6 +11,8 @@ Deterministic from `SEED`: the same images on every machine. It is a TFDS `Gener
 prepared once into `data_dir` and then read through the same code path as every TFDS dataset.
 """
 
+import typing
+
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -23,7 +25,7 @@ SEED = 20200213  # the SimCLR paper's arXiv date
 _SUPERSAMPLE = 4  # anti-aliasing: render at 4x and average
 
 
-def _inside(label, u, v):
+def _inside(label: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
   """Membership of points (u, v) (shape coordinates, radius ~1) in shape `label`."""
   radius = np.hypot(u, v)
   name = CLASS_NAMES[label]
@@ -53,7 +55,7 @@ def _inside(label, u, v):
   raise ValueError(label)
 
 
-def _random_color(rng, min_value=0.0):
+def _random_color(rng: np.random.Generator, min_value: float = 0.0) -> np.ndarray:
   """A random RGB colour in [0, 1]: random hue, saturation and brightness (via HSV)."""
   h, s, v = rng.uniform(), rng.uniform(0.2, 1.0), rng.uniform(min_value, 1.0)
   i = int(h * 6) % 6
@@ -62,7 +64,7 @@ def _random_color(rng, min_value=0.0):
   return np.array([(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i])
 
 
-def render(label, rng):
+def render(label: int, rng: np.random.Generator) -> np.ndarray:
   """One `[32, 32, 3]` uint8 image of class `label` with random nuisances drawn from `rng`."""
   n = IMAGE_SIZE * _SUPERSAMPLE
   y, x = (np.mgrid[0:n, 0:n] + 0.5) / _SUPERSAMPLE  # pixel coordinates
@@ -86,7 +88,7 @@ def render(label, rng):
   return np.clip(np.round(image * 255), 0, 255).astype(np.uint8)
 
 
-def generate(split, count=None):
+def generate(split: str, count: typing.Optional[int] = None) -> typing.Iterator[tuple[int, np.ndarray, int]]:
   """Yields `(index, image, label)` of a split; labels cycle through the classes (balanced)."""
   count = SPLIT_SIZES[split] if count is None else count
   rng = np.random.default_rng([SEED, sorted(SPLIT_SIZES).index(split)])
@@ -101,7 +103,7 @@ class SimclrShapes(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Ten shapes with colour, background, position, scale and rotation nuisances.'}
 
-  def _info(self):
+  def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
         builder=self,
         description=__doc__,
@@ -112,10 +114,10 @@ class SimclrShapes(tfds.core.GeneratorBasedBuilder):
         supervised_keys=('image', 'label'),
     )
 
-  def _split_generators(self, dl_manager):
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict:
     del dl_manager  # nothing to download
     return {split: self._generate_examples(split) for split in SPLIT_SIZES}
 
-  def _generate_examples(self, split):
+  def _generate_examples(self, split: str) -> typing.Iterator[tuple[int, dict]]:
     for index, image, label in generate(split):
       yield index, {'image': image, 'label': label}

@@ -12,6 +12,7 @@ whole loops -- so it is not used.
 import os
 import signal
 import threading
+import typing
 
 import tensorflow as tf
 
@@ -19,7 +20,7 @@ import tensorflow as tf
 class Stopped(Exception):
   """The run stopped on a signal after `step`, whose checkpoint `save` wrote."""
 
-  def __init__(self, signal_name, step):
+  def __init__(self, signal_name: str, step: int) -> None:
     super().__init__(f'{signal_name} at step {step}')
     self.signal_name = signal_name
     self.step = step
@@ -30,13 +31,13 @@ class StopSignals:
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-  def __init__(self):
+  def __init__(self) -> None:
     self.flag = tf.Variable(False, trainable=False, name='stop_requested')
     self.received = None
     self._previous = {}
     self._handled = 0
 
-  def __enter__(self):
+  def __enter__(self) -> 'StopSignals':
     read_fd, self._write_fd = os.pipe()
     os.set_blocking(self._write_fd, False)
     self._previous_wakeup_fd = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
@@ -45,14 +46,14 @@ class StopSignals:
     self._watcher.start()
     return self
 
-  def _watch(self, read_fd):
+  def _watch(self, read_fd: int) -> None:
     with os.fdopen(read_fd, 'rb', buffering=0) as wakeups:
       while byte := wakeups.read(1):
         if byte[0] in (int(s) for s in self.SIGNALS):
           self.received = self.received or signal.Signals(byte[0]).name
           self.flag.assign(True)
 
-  def _on_signal(self, signum, frame):  # the Python-level handler, run later in the main thread
+  def _on_signal(self, signum: int, frame: object) -> None:  # the Python-level handler, run later in the main thread
     del frame
     self._handled += 1
     if self._handled > 1 and signum == signal.SIGINT:  # a second Ctrl-C: do not wait for the checkpoint
@@ -61,10 +62,10 @@ class StopSignals:
     self.flag.assign(True)
 
   @property
-  def requested(self):
+  def requested(self) -> bool:
     return bool(self.flag.numpy())
 
-  def __exit__(self, *exc):
+  def __exit__(self, *exc: typing.Any) -> None:
     signal.set_wakeup_fd(self._previous_wakeup_fd)
     for s, handler in self._previous.items():
       signal.signal(s, handler)
@@ -72,7 +73,7 @@ class StopSignals:
     self._watcher.join(timeout=5)
 
 
-def should_stop(flag, strategy):
+def should_stop(flag: tf.Variable, strategy: tf.distribute.Strategy) -> tf.Tensor:
   """The stop flag, agreed by all workers (an all-reduce of one number) when there are several."""
   if strategy.extended._in_multi_worker_mode():  # pylint: disable=protected-access
     per_replica = strategy.run(lambda: tf.cast(flag.read_value(), tf.int32))

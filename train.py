@@ -1,17 +1,20 @@
-"""Training, top to bottom: the model and optimizer of a run, one step, the compiled inner loop of steps, and the
-outer loop with its progress, signals and checkpoints.
+"""Training, top to bottom: the model and optimizer of a run, one step, and the `Trainer` -- the compiled inner
+loop of steps and the outer loop with its summaries, monitors, checkpoints, signals and time budget.
 
 As in the authors' code (and Orbit's Controller), steps run inside a `tf.function` loop -- one host round trip
 per loop, not per step -- and between loops the host writes summaries, progress and checkpoints. Loops end at
 every checkpoint, monitor and summary step, and otherwise last about `TARGET_SECONDS` at the measured speed, so
 progress appears every half minute whatever the checkpoint interval, at a cost far below 1% of the step time.
-The losses are objective.py's; SIGTERM / SIGINT are signals.py's.
+With --train_time the number of steps is unknown until the step's speed is measured (`Trainer.fix_budget`).
+The losses are objective.py's; the schedule and optimizer optimization.py's; SIGTERM / SIGINT signals.py's.
 """
 
 import math
 import shutil
+import sys
 import tempfile
 import time
+import typing
 
 from absl import logging
 import keras
@@ -24,34 +27,38 @@ import metrics as metrics_lib
 import model as model_lib
 import model_io
 import objective
+import optimization
 import progress
 import rundir
 import signals
 
 TARGET_SECONDS = 30.0
 FIRST_LOOP_STEPS = 5  # the first loop also compiles; the second measures the speed
+MEASURE_SECONDS = 10.0  # a time budget's speed is measured in loops of this length...
+SETTLED_SPEED = 0.03  # ... until two agree this closely (relative)...
+MAX_MEASURE_FRACTION = 0.1  # ... or this fraction of the budget has passed
 
 
 # ------------------------------------------------------------------------------------------- model and optimizer
 
 
-def build_training(cfg, strategy, num_classes, num_examples):
-  """Model, optimizer and learning-rate schedule, with all variables created (call in strategy.scope())."""
+def build_training(cfg: config_lib.Config, strategy: tf.distribute.Strategy, num_classes: int, num_examples: int,
+                   total_steps: typing.Optional[int] = None):
+  """(model, optimizer, learning-rate schedule) with all variables created (call in strategy.scope()).
+  `total_steps`: the steps a time budget fixed, if it did."""
   o = cfg.optim
   model = model_lib.build(cfg, num_classes, strategy.num_replicas_in_sync)
-  schedule = model_lib.WarmUpAndCosineDecay(
-      o.learning_rate, num_examples, o.train_batch_size, o.warmup_epochs, o.train_epochs, o.train_steps or None,
-      o.learning_rate_scaling)
-  optimizer = model_lib.build_optimizer(o.optimizer, schedule, o.momentum, o.weight_decay, cfg.model.precision)
+  schedule = optimization.schedule(o, num_examples, total_steps)
+  optimizer = optimization.build_optimizer(o.optimizer, schedule, o.momentum, o.weight_decay, cfg.model.precision)
   # Built here, not lazily inside the first (distributed) tf.function call, where Keras 3 fails to create its
   # slots ("You must feed a value for placeholder tensor ... fn_with_cond").
   optimizer.build(model.trainable_variables)
   return model, optimizer, schedule
 
 
-def initialise_from(cfg, model, file, num_classes):
-  """Fine-tuning, linear evaluation or pretraining from a model file: encoder and projection head, and the
-  supervised head where it fits (same classes, same input); else the head is new (logged)."""
+def initialise_from(cfg: config_lib.Config, model: model_lib.SimCLRModel, file, num_classes: int) -> None:
+  """Fine-tuning, linear evaluation or pretraining from a model file (architecture.ModelFile): encoder and
+  projection head, and the supervised head where it fits (same classes, same input); else the head is new."""
   m = cfg.model
   keep = model.supervised_head is not None and file.architecture.head_fits(
       num_classes, cfg.run.train_mode, m.ft_proj_selector, m.linear_eval_endpoint)
@@ -66,7 +73,7 @@ def initialise_from(cfg, model, file, num_classes):
       variable.assign(tf.zeros_like(variable))
 
 
-def load_teacher(cfg, strategy, file):
+def load_teacher(cfg: config_lib.Config, strategy: tf.distribute.Strategy, file) -> typing.Callable:
   """`teacher(images) -> logits` from the --teacher file (its own network; the model flags are the student's)."""
   teacher = model_io.load(cfg, strategy, file, role='Teacher:')
   return lambda images: teacher(images, training=False)['logits_sup']
@@ -75,51 +82,54 @@ def load_teacher(cfg, strategy, file):
 # ------------------------------------------------------------------------------------------- the step
 
 
-def make_train_step(optim, train_mode, model, optimizer, strategy, teacher=None):
+def make_train_step(optim: config_lib.OptimConfig, train_mode: str, model: model_lib.SimCLRModel,
+                    optimizer: keras.optimizers.Optimizer, strategy: tf.distribute.Strategy,
+                    teacher: typing.Optional[typing.Callable] = None) -> typing.Callable:
   """One SimCLR step on one replica (the paper's Algorithm 1, plus the online linear head), or one
   fine-tuning / linear-evaluation / distillation step (`teacher(images) -> logits` for the latter), with the
-  losses, optimizer and compilation of `optim` (an OptimConfig).
+  losses, optimizer and compilation of `optim`.
 
-  Returns `train_step(images, one_hot_labels) -> {metric name: value}`, to be run with `strategy.run`.
-  With --jit_compile the forward and backward pass are one XLA computation; the update (which synchronizes
-  replicas through the optimizer) stays outside it.
+  Returns `train_step(images, one_hot_labels) -> {metric name: value}` (`metric_names`), to be run with
+  `strategy.run`. Images: `[B, H, W, 3 * views]`; labels `[B, num_classes]`. With --jit_compile the forward and
+  backward pass are one XLA computation; the update (which synchronizes replicas through the optimizer) stays
+  outside it.
   """
   supervised = model.supervised_head is not None
+  mode = config_lib.TRAIN_MODE[train_mode]
 
   def forward_backward(images, labels):
     with tf.GradientTape() as tape:
       outputs = model(images, training=True)
       loss = 0.0
       values = {}
-      if train_mode == 'pretrain':
+      if mode.views == 2:
         # NT-Xent on the projections of both views, negatives from every replica.
-        contrast_loss, logits_ab, labels_ab = objective.add_contrastive_loss(
+        contrast_loss, logits_ab, labels_ab = objective.contrastive_loss(
             outputs['proj_head_output'], hidden_norm=optim.hidden_norm, temperature=optim.temperature)
         loss += contrast_loss
-        values.update({'train/contrast_loss': contrast_loss,
-                       'train/contrast_acc': metrics_lib.contrastive_accuracy(logits_ab, labels_ab),
-                       'train/contrast_entropy': metrics_lib.contrastive_entropy(logits_ab)})
+        values.update({metrics_lib.CONTRAST_LOSS: contrast_loss,
+                       metrics_lib.CONTRAST_ACC: metrics_lib.contrastive_accuracy(logits_ab, labels_ab),
+                       metrics_lib.CONTRAST_ENTROPY: metrics_lib.contrastive_entropy(logits_ab)})
         labels = tf.concat([labels, labels], 0)  # the linear head sees both views
       supervised_weight = 1.0
-      if train_mode == 'distill':
+      if mode.teacher:
         # SimCLRv2 eq. 3: cross-entropy to the teacher's temperature-softened predictions.
         teacher_logits = tf.stop_gradient(tf.cast(teacher(images), tf.float32))
-        distill_loss = objective.add_distillation_loss(teacher_logits, outputs['logits_sup'],
-                                                       optim.distill_temperature)
+        distill_loss = objective.distillation_loss(teacher_logits, outputs['logits_sup'], optim.distill_temperature)
         loss += distill_loss
-        values.update({'train/distill_loss': distill_loss,
-                       'train/teacher_agreement': metrics_lib.top_k_accuracy(
+        values.update({metrics_lib.DISTILL_LOSS: distill_loss,
+                       metrics_lib.TEACHER_AGREEMENT: metrics_lib.top_k_accuracy(
                            tf.one_hot(tf.argmax(teacher_logits, 1), teacher_logits.shape[-1]),
                            outputs['logits_sup'], 1)})
         supervised_weight = optim.distill_alpha
       if supervised and supervised_weight:
-        supervised_loss = objective.add_supervised_loss(labels, outputs['logits_sup'])
+        supervised_loss = objective.supervised_loss(labels, outputs['logits_sup'])
         loss += supervised_weight * supervised_loss
-        values.update({'train/supervised_loss': supervised_loss,
-                       'train/supervised_acc': metrics_lib.top_k_accuracy(labels, outputs['logits_sup'], 1)})
-      weight_decay = model_lib.weight_decay_loss(model.trainable_variables, optim.weight_decay, optim.optimizer)
+        values.update({metrics_lib.SUPERVISED_LOSS: supervised_loss,
+                       metrics_lib.SUPERVISED_ACC: metrics_lib.top_k_accuracy(labels, outputs['logits_sup'], 1)})
+      weight_decay = optimization.weight_decay_loss(model.trainable_variables, optim.weight_decay, optim.optimizer)
       loss += weight_decay
-      values.update({'train/total_loss': loss, 'train/weight_decay': weight_decay})
+      values.update({metrics_lib.TOTAL_LOSS: loss, metrics_lib.WEIGHT_DECAY: weight_decay})
       # Gradients are summed over replicas, so each replica contributes its share of the mean; under
       # mixed_float16 the loss is also scaled up (the optimizer scales the gradients back).
       scaled_loss = optimizer.scale_loss(loss / strategy.num_replicas_in_sync)
@@ -137,22 +147,50 @@ def make_train_step(optim, train_mode, model, optimizer, strategy, teacher=None)
   return train_step
 
 
-def metric_names(train_mode, model, distill_alpha=0.0):
+def metric_names(train_mode: str, model: model_lib.SimCLRModel, distill_alpha: float = 0.0) -> list:
   """The names of the values `make_train_step` returns."""
-  names = ['train/total_loss', 'train/weight_decay']
-  if train_mode == 'pretrain':
-    names += ['train/contrast_loss', 'train/contrast_acc', 'train/contrast_entropy']
-  if train_mode == 'distill':
-    names += ['train/distill_loss', 'train/teacher_agreement']
-  if model.supervised_head is not None and (train_mode != 'distill' or distill_alpha):
-    names += ['train/supervised_loss', 'train/supervised_acc']
+  mode = config_lib.TRAIN_MODE[train_mode]
+  names = [metrics_lib.TOTAL_LOSS, metrics_lib.WEIGHT_DECAY]
+  if mode.views == 2:
+    names += [metrics_lib.CONTRAST_LOSS, metrics_lib.CONTRAST_ACC, metrics_lib.CONTRAST_ENTROPY]
+  if mode.teacher:
+    names += [metrics_lib.DISTILL_LOSS, metrics_lib.TEACHER_AGREEMENT]
+  if model.supervised_head is not None and (not mode.teacher or distill_alpha):
+    names += [metrics_lib.SUPERVISED_LOSS, metrics_lib.SUPERVISED_ACC]
   return names
 
 
-# ------------------------------------------------------------------------------------------- the outer loop
+# ------------------------------------------------------------------------------------------- how long
 
 
-def next_loop_steps(step, train_steps, intervals, seconds_per_step, target_seconds=TARGET_SECONDS):
+def training_examples(cfg: config_lib.Config, source: data_lib.Source) -> tuple:
+  """(number of training examples, ids of the label-fraction subset or None) for these settings."""
+  d = cfg.data
+  if config_lib.TRAIN_MODE[cfg.run.train_mode].labeled and d.label_fraction < 1:
+    subset_ids = data_lib.label_fraction_subset(source, d.train_split, d.label_fraction, d.label_fraction_seed)
+    return len(subset_ids), subset_ids
+  return source.num_examples(d.train_split), None
+
+
+def planned_steps(cfg: config_lib.Config, num_examples: int) -> typing.Optional[int]:
+  """The steps the run trains: from --train_steps or --train_epochs, or those its time budget fixed (None
+  while they are not fixed yet)."""
+  o = cfg.optim
+  if o.train_seconds:
+    fixed = rundir.read_schedule(cfg.run.model_dir)
+    return fixed['train_steps'] if fixed else None
+  return optimization.train_steps(num_examples, o.train_batch_size, o.train_epochs, o.train_steps)
+
+
+def checkpoint_interval(cfg: config_lib.Config, num_examples: int) -> int:
+  """Steps between checkpoints: --checkpoint_steps, else --checkpoint_epochs epochs."""
+  if cfg.run.checkpoint_steps:
+    return cfg.run.checkpoint_steps
+  return max(1, cfg.run.checkpoint_epochs * num_examples // cfg.optim.train_batch_size)
+
+
+def next_loop_steps(step: int, train_steps: int, intervals: typing.Sequence[int],
+                    seconds_per_step: typing.Optional[float], target_seconds: float = TARGET_SECONDS) -> int:
   """Steps of the next inner loop: to the next multiple of any interval (checkpoint, monitor, summary) or the
   end of training, and at most ~`target_seconds` at `seconds_per_step` (`FIRST_LOOP_STEPS` before it is known)."""
   boundary = min([train_steps] + [(step // k + 1) * k for k in intervals if k and k > 0])
@@ -160,176 +198,291 @@ def next_loop_steps(step, train_steps, intervals, seconds_per_step, target_secon
   return max(1, min(boundary - step, longest))
 
 
-def run_loops(inner_loop, *, current_step, train_steps, checkpoint_every, intervals, after_loop, save, stop=None,
-              target_seconds=TARGET_SECONDS):
-  """Runs `inner_loop(steps)` until `current_step()` reaches `train_steps`.
+def _events_in(start: int, end: int, every: int) -> int:
+  """How many times an event of every `every` steps that also happens at the last step happens in (start, end]."""
+  if not every or end <= start:
+    return 0
+  return end // every - start // every + (1 if end % every else 0)
 
-  `inner_loop` returns whether it stopped early on the (agreed) stop flag -- with several workers, possibly
-  raised by another worker's signal. After each loop `after_loop(previous_step, step, seconds)` (summaries,
-  progress, monitors); `save(step)` at every multiple of `checkpoint_every`, at the end, and after a stop --
-  then raises `signals.Stopped`.
+
+def budget_steps(step: int, elapsed: float, budget: float, seconds_per_step: float, checkpoint_every: int,
+                 checkpoint_seconds: float, monitor_every: int = 0, monitor_seconds: float = 0.0) -> int:
+  """The last step of a run at `step` after `elapsed` seconds of a `budget`: the most steps whose time, with the
+  checkpoints and monitors they bring (each also at the last step), ends within the budget. `step` itself if
+  not one more fits."""
+  def seconds_at(end):
+    return (elapsed + (end - step) * seconds_per_step + _events_in(step, end, checkpoint_every) * checkpoint_seconds +
+            _events_in(step, end, monitor_every) * monitor_seconds)
+
+  low, high = step, step + max(0, int((budget - elapsed) / seconds_per_step)) + 1
+  while low < high:  # the largest end with seconds_at(end) <= budget; seconds_at grows with end
+    middle = (low + high + 1) // 2
+    low, high = (middle, high) if seconds_at(middle) <= budget else (low, middle - 1)
+  return low
+
+
+def agreed(strategy: tf.distribute.Strategy, value: float) -> int:
+  """`value` as every worker will use it: the floor of the workers' mean (each measured its own speed)."""
+  if not strategy.extended._in_multi_worker_mode():  # pylint: disable=protected-access
+    return int(value)
+  per_replica = strategy.run(lambda: tf.constant(float(value), tf.float64))
+  total = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+  return int(float(total) / strategy.num_replicas_in_sync)
+
+
+# ------------------------------------------------------------------------------------------- the trainer
+
+
+class Trainer:
+  """One training run, built in `__init__` (data, model, optimizer, checkpoints, restore) and run by `run()`:
+
+    while not at the last step:
+      run_steps(n)           the compiled inner loop: n steps, each checking the stop flag first
+      after_loop(...)        summaries, the kNN monitor when its step has come, divergence check, progress
+      fix_budget(...)        (--train_time, once the speed is measured) the last step, from the time left
+      save(step)             at every checkpoint interval, at the end, and after a stop (then signals.Stopped)
+      refit_budget(step)     (--train_time, at a checkpoint) the last step again, from the speed since
   """
-  step = current_step()
-  seconds_per_step = None
-  loops = 0
-  while step < train_steps:
-    steps = next_loop_steps(step, train_steps, (checkpoint_every,) + tuple(intervals), seconds_per_step,
-                            target_seconds)
-    start = time.perf_counter()
-    stopped = bool(inner_loop(steps)) or (stop is not None and stop.requested)
-    seconds = time.perf_counter() - start
-    previous, step = step, current_step()
-    loops += 1
-    if loops > 1 and step > previous:  # the first loop includes compilation
-      seconds_per_step = seconds / (step - previous)
-    if step > previous:
-      after_loop(previous, step, seconds)
-    if stopped or step == train_steps or step // checkpoint_every > previous // checkpoint_every:
-      save(step)
-    if stopped:
-      raise signals.Stopped(stop.received if stop is not None and stop.received else "another worker's signal",
-                            step)
 
+  def __init__(self, cfg: config_lib.Config, strategy: tf.distribute.Strategy, source: data_lib.Source, chief: bool,
+               num_examples: int, subset_ids: typing.Optional[list], files: dict):
+    self.started = time.monotonic()  # a time budget counts from here: building, compiling and all
+    self.cfg, self.strategy, self.source, self.chief = cfg, strategy, source, chief
+    d, o, r = cfg.data, cfg.optim, cfg.run
+    self.budget = o.train_seconds
+    self.train_steps = planned_steps(cfg, num_examples)  # None: a time budget's, not fixed yet
+    self.checkpoint_every = checkpoint_interval(cfg, num_examples)
+    self.monitor_every = cfg.eval.knn_eval_steps if source.num_classes > 1 else 0
+    self.intervals = (self.checkpoint_every, self.monitor_every, r.train_summary_steps)
+    # Every worker resumes from the chief's checkpoints in model_dir (shared storage when multi-worker); the
+    # others must still save (saving can involve collectives), into a local scratch dir deleted at the end.
+    self.output_dir = r.model_dir if chief else tempfile.mkdtemp(prefix='simclr-worker-')
+    if chief:
+      rundir.write_flags(r.model_dir, cfg.flat())
+      if subset_ids is not None:
+        path = rundir.write_label_subset(r.model_dir, subset_ids, dataset=source.name, split=d.train_split,
+                                         fraction=d.label_fraction, seed=d.label_fraction_seed)
+        logging.info('Fine-tuning on %d labelled examples (%.3g of %s), ids in %s', num_examples,
+                     d.label_fraction, d.train_split, path)
+    dataset = data_lib.build_distributed_dataset(strategy, o.train_batch_size, source, d.train_split, settings=d,
+                                                 is_training=True, train_mode=r.train_mode, subset_ids=subset_ids)
+    with strategy.scope():
+      self.model, self.optimizer, self.schedule = build_training(cfg, strategy, max(source.num_classes, 1),
+                                                                 num_examples, self.train_steps)
+      self.metrics = {name: keras.metrics.Mean(name) for name in metric_names(r.train_mode, self.model,
+                                                                             o.distill_alpha)}
+    self._warn_of_a_long_warmup()
+    progress.status(self._describe_model())
+    self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer)
+    self.manager = rundir.checkpoint_manager(self.checkpoint, self.output_dir, r.keep_checkpoint_max,
+                                             self.optimizer.iterations)
+    restored = model_io.restore_latest(self.checkpoint, r.model_dir)
+    if restored:
+      progress.status(f'Resuming from {restored} (step {self.step}).')
+    elif files['checkpoint'] is not None:
+      initialise_from(cfg, self.model, files['checkpoint'], max(source.num_classes, 1))
+    teacher = load_teacher(cfg, strategy, files['teacher']) if config_lib.TRAIN_MODE[r.train_mode].teacher else None
+    self.train_step = make_train_step(o, r.train_mode, self.model, self.optimizer, strategy, teacher)
+    self.stop = signals.StopSignals()
+    self.seconds_of = {'checkpoint': 0.0, 'monitor': 0.0}
+    self._trained_since_fix = [0.0, 0]  # seconds, steps
+    self._fixed_here = False
+    self.writer = tf.summary.create_file_writer(self.output_dir)
+    self.iterator = iter(dataset)
+    self.bar = progress.Progress(self.step, self.train_steps, o.train_batch_size, metrics_lib.COLUMNS,
+                                 pretrain=r.train_mode == 'pretrain',
+                                 deadline=self.started + self.budget if self.budget else None)
 
-# ------------------------------------------------------------------------------------------- a training run
+  @property
+  def step(self) -> int:
+    return int(self.optimizer.iterations.numpy())
 
+  def _describe_model(self) -> str:
+    m, o = self.cfg.model, self.cfg.optim
+    count = lambda variables: sum(int(tf.size(v)) for v in variables
+                                  if not v.path.endswith(('moving_mean', 'moving_variance'))) / 1e6
+    parameters = count(self.model.resnet_model.weights)
+    trained = count(self.model.resnet_model.trainable_weights)
+    steps = (f'{self.train_steps} steps' if self.train_steps is not None else
+             f'steps for {progress.duration(self.budget)} (their number fixed once their speed is measured)')
+    return (f'Model: ResNet-{m.resnet_depth} x{m.width_multiplier:g} ({parameters:.1f}M encoder parameters' +
+            (f', {trained:.1f}M trained' if trained != parameters else '') + f'); {steps} of {o.train_batch_size} '
+            'images.')
 
-def training_examples(cfg, source):
-  """(number of training examples, ids of the label-fraction subset or None) for these settings."""
-  d = cfg.data
-  if cfg.run.train_mode in config_lib.LABELED_MODES and d.label_fraction < 1:
-    subset_ids = data_lib.label_fraction_subset(source, d.train_split, d.label_fraction, d.label_fraction_seed)
-    return len(subset_ids), subset_ids
-  return source.num_examples(d.train_split), None
+  def _warn_of_a_long_warmup(self) -> None:
+    o = self.cfg.optim
+    warmup = self.schedule.warmup_steps
+    if self.train_steps is not None and warmup >= self.train_steps:
+      logging.warning('--warmup_epochs=%g is %d steps, not shorter than the %d training steps: the learning rate '
+                      'rises all run and never reaches its peak (as in the authors\' schedule).', o.warmup_epochs,
+                      warmup, self.train_steps)
 
+  # ----------------------------------------------------------------------------------------- the outer loop
 
-def final_step(optim, num_examples):
-  return model_lib.get_train_steps(num_examples, optim.train_batch_size, optim.train_epochs, optim.train_steps)
-
-
-def checkpoint_interval(cfg, num_examples):
-  """Steps between checkpoints: --checkpoint_steps, else --checkpoint_epochs epochs."""
-  if cfg.run.checkpoint_steps:
-    return cfg.run.checkpoint_steps
-  return max(1, cfg.run.checkpoint_epochs * num_examples // cfg.optim.train_batch_size)
-
-
-def train(cfg, strategy, source, chief, num_examples, subset_ids, files):
-  """The training loop of the authors' code -- compiled inner loops of steps, checkpoints between them --
-  with progress about every 30 s, and a checkpoint of the step in flight on SIGTERM / SIGINT. Returns the
-  model and the step reached."""
-  d, o, r = cfg.data, cfg.optim, cfg.run
-  train_steps = final_step(o, num_examples)
-  warmup_steps = model_lib.get_warmup_steps(o.warmup_epochs, num_examples, o.train_batch_size)
-  if warmup_steps >= train_steps:
-    logging.warning('--warmup_epochs=%g is %d steps, not shorter than the %d training steps: the learning rate '
-                    'rises all run and never reaches its peak (as in the authors\' schedule).', o.warmup_epochs,
-                    warmup_steps, train_steps)
-  output_dir = r.model_dir if chief else tempfile.mkdtemp(prefix='simclr-worker-')
-  if chief:
-    rundir.write_flags(r.model_dir, cfg.flat())
-    if subset_ids is not None:
-      path = rundir.write_label_subset(r.model_dir, subset_ids, dataset=source.name, split=d.train_split,
-                                       fraction=d.label_fraction, seed=d.label_fraction_seed)
-      logging.info('Fine-tuning on %d labelled examples (%.3g of %s), ids in %s', num_examples,
-                   d.label_fraction, d.train_split, path)
-
-  dataset = data_lib.build_distributed_dataset(
-      strategy, o.train_batch_size, source, d.train_split, is_training=True, train_mode=r.train_mode,
-      image_size=d.image_size, color_jitter_strength=d.color_jitter_strength, use_blur=d.use_blur,
-      crop_min_area=d.crop_min_area, cache=d.cache_dataset, subset_ids=subset_ids)
-  with strategy.scope():
-    model, optimizer, schedule = build_training(cfg, strategy, max(source.num_classes, 1), num_examples)
-    loop_metrics = {name: keras.metrics.Mean(name) for name in metric_names(r.train_mode, model, o.distill_alpha)}
-  count = lambda variables: sum(int(tf.size(v)) for v in variables
-                                if not v.path.endswith(('moving_mean', 'moving_variance'))) / 1e6
-  parameters, trained = count(model.resnet_model.weights), count(model.resnet_model.trainable_weights)
-  progress.status(f'Model: ResNet-{cfg.model.resnet_depth} x{cfg.model.width_multiplier:g} ({parameters:.1f}M '
-                  'encoder parameters' + (f', {trained:.1f}M trained' if trained != parameters else '') +
-                  f'); {train_steps} steps of {o.train_batch_size} images.')
-
-  # Every worker resumes from the chief's checkpoints in model_dir (shared storage when multi-worker); the
-  # others must still save (saving can involve collectives), into a local scratch dir deleted at the end.
-  checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer)
-  manager = rundir.checkpoint_manager(checkpoint, output_dir, r.keep_checkpoint_max, optimizer.iterations)
-  restored = model_io.restore_latest(checkpoint, r.model_dir)
-  if restored:
-    progress.status(f'Resuming from {restored} (step {optimizer.iterations.numpy()}).')
-  elif files['checkpoint'] is not None:
-    initialise_from(cfg, model, files['checkpoint'], max(source.num_classes, 1))
-  teacher = load_teacher(cfg, strategy, files['teacher']) if r.train_mode == 'distill' else None
-  train_step = make_train_step(o, r.train_mode, model, optimizer, strategy, teacher)
-  stop = signals.StopSignals()
+  def run(self) -> int:
+    """Trains to the last step (or until a signal); returns the step reached."""
+    step = self.step
+    if self.train_steps is None or step < self.train_steps:
+      self._write_augmented_views(step)
+      progress.status(f'Training from step {step}; the first steps include compiling the training step.')
+    seconds_per_step, loops, speeds = None, 0, []
+    try:
+      with self.stop:
+        while self.train_steps is None or step < self.train_steps:
+          measuring = self.train_steps is None
+          steps = next_loop_steps(step, sys.maxsize if measuring else self.train_steps,
+                                  self.intervals + ((self.schedule.warmup_steps,) if measuring else ()),
+                                  seconds_per_step, MEASURE_SECONDS if measuring else TARGET_SECONDS)
+          start = time.perf_counter()
+          stopped = self.run_steps(steps) or self.stop.requested
+          seconds = time.perf_counter() - start
+          previous, step = step, self.step
+          loops += 1
+          if loops > 1 and step > previous:  # the first loop includes compilation
+            seconds_per_step = seconds / (step - previous)
+          if step > previous:
+            self.after_loop(previous, step, seconds)
+          if measuring and loops > 1 and step > previous and not stopped:
+            speeds.append(seconds_per_step)
+            if self._speed_is_settled(speeds, step):
+              self.fix_budget(step, seconds_per_step)
+          elif self.budget and not measuring:
+            self._trained_since_fix[0] += seconds
+            self._trained_since_fix[1] += step - previous
+          if stopped or step == self.train_steps or step // self.checkpoint_every > previous // self.checkpoint_every:
+            self._timed('checkpoint', self.save, step)
+            if self.budget and not measuring and not stopped and step < self.train_steps:
+              self.refit_budget(step)
+          if stopped:
+            raise signals.Stopped(self.stop.received or "another worker's signal", step)
+    finally:
+      self.writer.close()
+      if not self.chief:
+        shutil.rmtree(self.output_dir, ignore_errors=True)
+    if self.budget and loops:
+      spent = time.monotonic() - self.started
+      progress.status(f'Trained to step {step} in {spent:,.0f} s of a {self.budget:,.0f} s budget '
+                      f'({100 * (spent / self.budget - 1):+.1f}%).')
+    return step
 
   @tf.function
-  def train_loop(iterator, steps):
+  def _train_loop(self, steps):
     """The inner loop: `steps` steps in one call, each checking the stop flag first."""
     stopped = tf.constant(False)
     for _ in tf.range(steps):
-      if signals.should_stop(stop.flag, strategy):
+      if signals.should_stop(self.stop.flag, self.strategy):
         stopped = tf.constant(True)
         break
-      images, labels = next(iterator)
-      values = strategy.run(train_step, args=(images, labels))
+      images, labels = next(self.iterator)
+      values = self.strategy.run(self.train_step, args=(images, labels))
       for name, value in values.items():
-        loop_metrics[name].update_state(strategy.reduce('MEAN', value, axis=None))
+        self.metrics[name].update_state(self.strategy.reduce('MEAN', value, axis=None))
     return stopped
 
-  writer = tf.summary.create_file_writer(output_dir)
-  iterator = iter(dataset)
-  step = int(optimizer.iterations.numpy())
-  bar = progress.Progress(step, train_steps, o.train_batch_size, pretrain=r.train_mode == 'pretrain')
-  if step < train_steps:
-    _write_augmented_views(writer, iterator, strategy, step, chief)
-    progress.status(f'Training from step {step}; the first steps include compiling the training step.')
+  def run_steps(self, steps: int) -> bool:
+    """Runs `steps` steps; whether they stopped early on the (agreed) stop flag -- with several workers,
+    possibly raised by another worker's signal."""
+    return bool(self._train_loop(tf.constant(steps)))
 
-  def inner_loop(steps):
-    return train_loop(iterator, tf.constant(steps))
-
-  def current_step():
-    return int(optimizer.iterations.numpy())
-
-  def after_loop(previous, step, seconds):
+  def after_loop(self, previous: int, step: int, seconds: float) -> None:
     """Summaries, the kNN monitor when its step has come, a check for divergence, and the progress line."""
-    with writer.as_default():
-      values = metrics_lib.log_and_write_metrics(loop_metrics.values(), step)
-      learning_rate = float(schedule(step - 1))
-      tf.summary.scalar('train/learning_rate', learning_rate, step=step)
-      knn = cfg.eval.knn_eval_steps
-      if knn and (step // knn > previous // knn or step == train_steps) and source.num_classes > 1:
-        values['knn/top_1_accuracy'] = evaluation.knn_monitor(cfg, source, model)
-        tf.summary.scalar('knn/top_1_accuracy', values['knn/top_1_accuracy'], step=step)
-    writer.flush()
+    with self.writer.as_default():
+      values = metrics_lib.log_and_write_metrics(self.metrics.values(), step)
+      learning_rate = float(self.schedule(step - 1))
+      tf.summary.scalar(metrics_lib.LEARNING_RATE, learning_rate, step=step)
+      k = self.monitor_every
+      if k and (step // k > previous // k or step == self.train_steps):
+        values[metrics_lib.KNN_TOP_1] = self._timed('monitor', self.monitor, step)
+    self.writer.flush()
     if not all(math.isfinite(v) for v in values.values()):
       raise FloatingPointError(
           f'Training diverged at step {step}: {values}. No checkpoint was written for this state; the last '
-          f'good one is {manager.latest_checkpoint}. Try a lower --learning_rate or a larger --warmup_epochs.')
-    bar.update(step, seconds, values, learning_rate)
-    for metric in loop_metrics.values():
+          f'good one is {self.manager.latest_checkpoint}. Try a lower --learning_rate or a larger --warmup_epochs.')
+    self.bar.update(step, seconds, values, learning_rate)
+    for metric in self.metrics.values():
       metric.reset_state()
 
-  def save(step):
-    manager.save(checkpoint_number=step)
+  def monitor(self, step: int) -> float:
+    """The kNN monitor's top-1 now, written to TensorBoard at `step`."""
+    value = evaluation.knn_monitor(self.cfg, self.source, self.model)
+    with self.writer.as_default():
+      tf.summary.scalar(metrics_lib.KNN_TOP_1, value, step=step)
+    return value
 
-  try:
-    with stop:
-      run_loops(inner_loop, current_step=current_step, train_steps=train_steps,
-                checkpoint_every=checkpoint_interval(cfg, num_examples),
-                intervals=(cfg.eval.knn_eval_steps, r.train_summary_steps), after_loop=after_loop, save=save,
-                stop=stop)
-  finally:
-    writer.close()
-    if not chief:
-      shutil.rmtree(output_dir, ignore_errors=True)
-  return model, current_step()
+  def save(self, step: int) -> None:
+    self.manager.save(checkpoint_number=step)
+
+  def _speed_is_settled(self, speeds: list, step: int) -> bool:
+    """Whether a time budget's step speed is known: past the warmup (whose rates do not depend on the number of
+    steps, so it is measured whole: the input pipeline tunes itself over the first minutes), two loops of about
+    MEASURE_SECONDS within SETTLED_SPEED of each other; or measuring has taken MAX_MEASURE_FRACTION of the
+    budget."""
+    if time.monotonic() - self.started >= MAX_MEASURE_FRACTION * self.budget:
+      return True
+    return (step >= self.schedule.warmup_steps and len(speeds) >= 3 and
+            abs(speeds[-1] - speeds[-2]) <= SETTLED_SPEED * speeds[-2])
+
+  def _timed(self, what: str, work: typing.Callable, *args):
+    """`work(*args)`, its duration kept in `self.seconds_of[what]` (what a time budget accounts for)."""
+    start = time.monotonic()
+    result = work(*args)
+    self.seconds_of[what] = time.monotonic() - start
+    return result
+
+  def fix_budget(self, step: int, seconds_per_step: float) -> None:
+    """--train_time: times a checkpoint and a kNN monitor (both kept: the curve's first point), then fixes the
+    last step so that training ends within the budget and lays the schedule over it."""
+    self._timed('checkpoint', self.save, step)
+    if self.monitor_every:
+      self._timed('monitor', self.monitor, step)
+      self.writer.flush()
+    self._set_last_step(step, seconds_per_step)
+    self._fixed_here = True
+    progress.status(f'Time budget {progress.duration(self.budget)}: {self.train_steps} steps '
+                    f'({seconds_per_step:.3f} s each, measured; a checkpoint {self.seconds_of["checkpoint"]:.1f} s' +
+                    (f', a kNN monitor {self.seconds_of["monitor"]:.1f} s' if self.monitor_every else '') +
+                    f'), {progress.duration(time.monotonic() - self.started)} used.')
+    self._warn_of_a_long_warmup()
+
+  def refit_budget(self, step: int) -> None:
+    """At a checkpoint: the last step again, from the speed of the steps since the budget was fixed (a shared
+    machine's speed drifts), so that training still ends within the budget; the schedule follows."""
+    seconds, steps = self._trained_since_fix
+    if steps and self._fixed_here:  # a resumed run keeps the steps it fixed: its clock started with the resume
+      self._set_last_step(step, seconds / steps)
+
+  def _set_last_step(self, step: int, seconds_per_step: float) -> None:
+    """The last step that ends within the budget from `step` at `seconds_per_step`, agreed by every worker, to
+    the schedule, the progress line and model_dir/schedule.json (which a resume keeps)."""
+    elapsed = time.monotonic() - self.started
+    last = agreed(self.strategy, budget_steps(
+        step, elapsed, self.budget, seconds_per_step, self.checkpoint_every, self.seconds_of['checkpoint'],
+        self.monitor_every, self.seconds_of['monitor']))
+    if last == self.train_steps:
+      return
+    self.train_steps = last
+    self.schedule.set_total_steps(last)
+    self.bar.total_steps = last
+    if self.chief:
+      rundir.write_schedule(self.cfg.run.model_dir, train_time=self.cfg.optim.train_time, train_steps=last,
+                            fixed_at_step=step, elapsed_seconds=round(elapsed, 2),
+                            seconds_per_step=round(seconds_per_step, 5),
+                            checkpoint_seconds=round(self.seconds_of['checkpoint'], 2),
+                            monitor_seconds=round(self.seconds_of['monitor'], 2))
+
+  def _write_augmented_views(self, step: int) -> None:
+    """A few augmented training inputs to TensorBoard, once, so a user can see what the model sees."""
+    if not self.chief:
+      return
+    images, _ = next(self.iterator)
+    local = self.strategy.experimental_local_results(images)[0][:4]
+    views = tf.concat(tf.split(local, local.shape[-1] // 3, axis=-1), axis=2)  # views side by side
+    with self.writer.as_default():
+      tf.summary.image('train/augmented_views', views, step=step, max_outputs=4)
 
 
-def _write_augmented_views(writer, iterator, strategy, step, chief):
-  """A few augmented training inputs to TensorBoard, once, so a user can see what the model sees."""
-  if not chief:
-    return
-  images, _ = next(iterator)
-  local = strategy.experimental_local_results(images)[0][:4]
-  views = tf.concat(tf.split(local, local.shape[-1] // 3, axis=-1), axis=2)  # views side by side
-  with writer.as_default():
-    tf.summary.image('train/augmented_views', views, step=step, max_outputs=4)
+def train(cfg: config_lib.Config, strategy: tf.distribute.Strategy, source: data_lib.Source, chief: bool,
+          num_examples: int, subset_ids: typing.Optional[list], files: dict) -> tuple:
+  """Trains the run of `cfg`; returns (model, the step reached)."""
+  trainer = Trainer(cfg, strategy, source, chief, num_examples, subset_ids, files)
+  return trainer.model, trainer.run()

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import config as config_lib
 import model as model_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -16,19 +17,12 @@ FIXTURE_NAMES = ('r18_cifar_pretrain', 'r50_sk0_finetune', 'r50_sk1_pretrain')
 
 
 def build(arch, train_mode=None, image_size=None):
-  """This project's model for an Architecture, with its heads where the file has them."""
-  if train_mode is None:
-    train_mode = 'finetune' if arch.num_classes is not None else 'pretrain'
-  net = model_lib.SimCLRModel(
-      arch.num_classes or 1, resnet_depth=arch.resnet_depth, width_multiplier=arch.width_multiplier,
-      cifar_stem=arch.cifar_stem, sk_ratio=arch.sk_ratio, se_ratio=arch.se_ratio, global_bn=False,
-      proj_head_mode=arch.proj_head_mode, proj_out_dim=arch.proj_out_dim, num_proj_layers=arch.num_proj_layers,
-      ft_proj_selector=arch.ft_proj_selector, train_mode=train_mode,
-      lineareval_while_pretraining=arch.num_classes is not None,
-      linear_eval_endpoint=arch.linear_eval_endpoint or 'final_avg_pool')
-  size = image_size or (32 if arch.cifar_stem else 64)
-  net(tf.zeros([1, size, size, 6 if train_mode == 'pretrain' else 3]), training=False)
-  return net
+  """This project's model for an Architecture, with its heads where the file has them, in float32."""
+  flags = dict(arch.as_is_flags(), lineareval_while_pretraining=arch.num_classes is not None, precision='float32',
+               image_size=image_size or (32 if arch.cifar_stem else 64))
+  if train_mode is not None:
+    flags['train_mode'] = train_mode
+  return model_lib.build(config_lib.Config.defaults(**flags), arch.num_classes or 1)
 
 
 def fixture(name):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import config as config_lib
 import architecture
 import model as model_lib
 from model_files import FIXTURES, build, fixture, save_run, write_from_keys
@@ -44,8 +45,9 @@ def test_the_authors_selector_minus_one_is_the_heads_last_layer(tmp_path):
   """Their flags.json may say ft_proj_selector=-1 ("the final layer"); every projection layer of ResNet-18 x0.25
   with a 128-d output has the head's input width, so only the flags tell where it reads."""
   keras.utils.set_random_seed(2)
-  net = model_lib.SimCLRModel(5, resnet_depth=18, width_multiplier=0.25, cifar_stem=True, global_bn=False,
-                              train_mode='finetune', ft_proj_selector=-1)
+  net = model_lib.SimCLRModel(5, config_lib.ModelConfig(
+      resnet_depth=18, width_multiplier=0.25, cifar_stem=True, global_bn=False, ft_proj_selector=-1),
+                              train_mode='finetune')
   net(tf.zeros([1, 32, 32, 3]), training=False)
   assert net._projection_head.ft_proj_selector == 3
   save_run(net, tmp_path / 'run', 7, {'ft_proj_selector': -1, 'train_mode': 'finetune'})
@@ -55,8 +57,8 @@ def test_the_authors_selector_minus_one_is_the_heads_last_layer(tmp_path):
 
 def test_a_checkpoint_folder_copied_from_elsewhere_is_read_from_where_it_is(tmp_path):
   """Its `checkpoint` file names absolute paths where it was written (gone, or still there); or it has none."""
-  net = model_lib.SimCLRModel(3, resnet_depth=18, width_multiplier=0.125, cifar_stem=True, global_bn=False,
-                              train_mode='finetune')
+  net = model_lib.SimCLRModel(3, config_lib.ModelConfig(
+      resnet_depth=18, width_multiplier=0.125, cifar_stem=True, global_bn=False), train_mode='finetune')
   net(tf.zeros([1, 32, 32, 3]), training=False)
   original, folder = tmp_path / 'original', tmp_path / 'copy'
   save_run(net, original, 9)

@@ -1,10 +1,15 @@
 """config.py: typed settings, flat flag names in and out, and the checks that need no files."""
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import pytest
 
 import config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize('overrides, replicas, message', [
@@ -12,6 +17,9 @@ import config
     (dict(train_batch_size=16), 3, 'not divisible by the 3 replicas'),
     (dict(fine_tune_after_block=2), 1, '--fine_tune_after_block'),
     (dict(label_fraction=0.1), 1, '--label_fraction applies to --train_mode=finetune'),
+    (dict(train_time='60'), 1, "--train_time must be a positive duration such as 90s, 60m or 1.5h, got '60'"),
+    (dict(train_time='0m'), 1, '--train_time must be a positive duration'),
+    (dict(train_time='10m', train_steps=5), 1, '--train_time=10m and --train_steps=5 both say how long'),
     (dict(label_fraction=1.5, train_mode='finetune', random_init=True), 1, 'label_fraction must be in'),
     (dict(train_mode='finetune', checkpoint='x', random_init=True), 1, 'exclusive'),
     (dict(temperature=0.0), 1, '--temperature'),
@@ -72,3 +80,17 @@ def test_every_setting_has_a_typed_default_and_help():
     choices = field.metadata['choices']
     assert choices is None or field.default in choices, field.name
   assert dataclasses.asdict(config.Config().model)['resnet_depth'] == 18
+
+
+def test_settings_load_no_tensorflow():
+  """config.py is read before anything heavy (run.py's flags, scripts, notebooks): it imports no TensorFlow,
+  Keras or TFDS, so building and checking a Config costs nothing."""
+  code = ('import sys; sys.path.insert(0, %r); import config; config.validate(config.Config.defaults()); '
+          'print(sorted(m for m in ("tensorflow", "keras", "tensorflow_datasets") if m in sys.modules))') % ROOT
+  assert subprocess.run([sys.executable, '-c', code], capture_output=True, text=True).stdout == '[]\n'
+
+
+@pytest.mark.parametrize('text, seconds', [('', 0.0), ('90s', 90.0), ('60m', 3600.0), ('1.5h', 5400.0), (' 2m ', 120.0)])
+def test_a_time_budget_is_a_duration_in_seconds_minutes_or_hours(text, seconds):
+  assert config.parse_duration(text) == seconds
+  assert config.Config.defaults(train_time=text).optim.train_seconds == seconds

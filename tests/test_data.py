@@ -10,10 +10,13 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+import config as config_lib
 import data
 import data_util
 import image_files
 import rundir
+
+DATA = config_lib.DataConfig(image_size=32)
 
 
 def test_folder_source_metadata_and_channels(folder):
@@ -30,12 +33,12 @@ def test_folder_source_metadata_and_channels(folder):
 @pytest.mark.parametrize('train_mode, channels', [('pretrain', 6), ('finetune', 3)])
 def test_folder_batches(folder, train_mode, channels):
   source = data.load_source(str(folder))
-  ds = data.build_dataset(source, 'train', 4, is_training=True, train_mode=train_mode, image_size=32)
+  ds = data.build_dataset(source, 'train', 4, DATA, is_training=True, train_mode=train_mode)
   images, labels = next(iter(ds))
   assert images.shape == (4, 32, 32, channels) and labels.shape == (4, 2)
   assert np.all(labels.numpy().sum(1) == 1)
   assert 0.0 <= images.numpy().min() and images.numpy().max() <= 1.0
-  evaluated = [batch for batch in data.build_dataset(source, 'test', 4, is_training=False, image_size=32)]
+  evaluated = [batch for batch in data.build_dataset(source, 'test', 4, DATA, is_training=False)]
   assert sum(int(images.shape[0]) for images, _ in evaluated) == 2
 
 
@@ -45,7 +48,7 @@ def test_unlabeled_split_pretrains(tmp_path):
     image_files.write_image(str(tmp_path / f'unlabeled/{i}.png'), rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
   source = data.load_source(str(tmp_path))
   assert source.num_classes == 0 and source.image_shape == (32, 32, 3)
-  images, labels = next(iter(data.build_dataset(source, 'unlabeled', 2, True, 'pretrain', 32)))
+  images, labels = next(iter(data.build_dataset(source, 'unlabeled', 2, DATA, True, 'pretrain')))
   assert images.shape == (2, 32, 32, 6)
   assert not labels.numpy().any()  # no label: all-zero one-hot rows, which the supervised loss ignores
   with pytest.raises(data.DataError, match='no labels'):
@@ -102,9 +105,9 @@ def test_mocked_tfds_dataset_feeds_batches(tmp_path):
   with tfds.testing.mock_data(num_examples=40, data_dir=str(tmp_path)):
     source = data.load_source('cifar10', str(tmp_path))
     assert source.num_classes == 10 and source.image_shape == (32, 32, 3)
-    images, labels = next(iter(data.build_dataset(source, 'train', 8, True, 'pretrain', 32)))
+    images, labels = next(iter(data.build_dataset(source, 'train', 8, DATA, True, 'pretrain')))
     assert images.shape == (8, 32, 32, 6) and labels.shape == (8, 10)
-    images, labels = next(iter(data.build_dataset(source, 'test', 8, False, image_size=32)))
+    images, labels = next(iter(data.build_dataset(source, 'test', 8, DATA, False)))
     assert images.shape == (8, 32, 32, 3)
     encoded = next(source.read('train', encoded=True).as_numpy_iterator())  # the stored PNG's bytes
     assert set(encoded) == {'encoded', 'label', 'id'} and tf.io.decode_png(encoded['encoded']).shape == (32, 32, 3)
@@ -117,7 +120,7 @@ def test_embedded_dataset_batches_and_label_fraction(shapes_data_dir, tmp_path):
   assert ids != data.label_fraction_subset(source, 'train', 0.1, seed=1)
   path = rundir.write_label_subset(str(tmp_path), ids, dataset=source.name, fraction=0.1, seed=0)
   assert json.load(open(path))['ids'] == ids
-  ds = data.build_dataset(source, 'train', 50, True, 'finetune', 32, subset_ids=ids, shuffle_buffer=1000)
+  ds = data.build_dataset(source, 'train', 50, DATA, True, 'finetune', subset_ids=ids, shuffle_buffer=1000)
   counts = np.zeros(10)
   for _, (_, labels) in zip(range(10), ds):  # 10 batches of 50 = one pass over the 500-image subset
     counts += labels.numpy().sum(0)
@@ -137,15 +140,14 @@ def test_preparing_the_embedded_dataset_prints_nothing(tmp_path, capfd):
 
 def test_distributed_batches_are_split_and_sharded(two_replica_strategy, shapes_data_dir):
   source = data.load_source(data.EMBEDDED_DATASET, shapes_data_dir)
-  dist = data.build_distributed_dataset(two_replica_strategy, 16, source, 'test', is_training=False,
-                                        image_size=32)
+  dist = data.build_distributed_dataset(two_replica_strategy, 16, source, 'test', settings=DATA, is_training=False)
   images, _ = next(iter(dist))
   per_replica = two_replica_strategy.experimental_local_results(images)
   assert [int(t.shape[0]) for t in per_replica] == [8, 8]
   first, second = (t.numpy().reshape(8, -1) for t in per_replica)
   assert not any((row == second).all(1).any() for row in first)  # no example in both halves
   with pytest.raises(data.DataError, match='not divisible'):
-    data.build_distributed_dataset(two_replica_strategy, 15, source, 'test', is_training=False)
+    data.build_distributed_dataset(two_replica_strategy, 15, source, 'test', settings=DATA, is_training=False)
 
 
 def test_labels_are_read_without_decoding_images(folder, shapes_data_dir):
@@ -194,10 +196,11 @@ def test_jpeg_training_crops_decode_only_their_windows(folder, monkeypatch):
                       lambda *args, **kwargs: traced.append(args[1:]) or crop(*args, **kwargs))
   source = data.load_source(str(folder))
   for train_mode, views in (('pretrain', 2), ('finetune', 1)):
-    images, _ = next(iter(data.build_dataset(source, 'train', 6, True, train_mode, 24, shuffle_buffer=6)))
+    images, _ = next(iter(data.build_dataset(source, 'train', 6, config_lib.DataConfig(image_size=24), True,
+                                             train_mode, shuffle_buffer=6)))
     assert images.shape == (6, 24, 24, 3 * views) and traced[-1] == (24, 24, views)
   traced.clear()
-  next(iter(data.build_dataset(source, 'test', 2, False, image_size=24)))  # eval decodes whole images
+  next(iter(data.build_dataset(source, 'test', 2, config_lib.DataConfig(image_size=24), False)))  # decodes whole
   assert not traced
 
 
@@ -236,5 +239,6 @@ def test_crop_min_area_reaches_every_training_crop(folder, class_sorted_folder, 
   monkeypatch.setattr(data_util, 'sample_crop_windows',
                       lambda *args, **kwargs: ranges.append(kwargs['area_range']) or sample(*args, **kwargs))
   source = data.load_source(str(class_sorted_folder if same_size else folder))
-  next(iter(data.build_dataset(source, 'train', 2, True, image_size=8, crop_min_area=0.35)))
+  next(iter(data.build_dataset(source, 'train', 2, config_lib.DataConfig(image_size=8, crop_min_area=0.35), True,
+                               'pretrain')))
   assert ranges and set(ranges) == {(0.35, 1.0)}

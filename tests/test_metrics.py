@@ -25,7 +25,7 @@ def test_contrastive_accuracy_and_entropy():
 def test_contrastive_accuracy_from_the_loss_outputs():
   rng = np.random.default_rng(0)
   views = rng.normal(size=(8, 16)).astype(np.float32)
-  _, logits_ab, labels = objective.add_contrastive_loss(tf.constant(np.concatenate([views, views])))
+  _, logits_ab, labels = objective.contrastive_loss(tf.constant(np.concatenate([views, views])))
   assert metrics.contrastive_accuracy(logits_ab, labels).numpy() == 1.0
 
 

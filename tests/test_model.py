@@ -1,20 +1,19 @@
-"""Heads, SimCLRModel, the LR schedule, optimizer factory and weight decay."""
-
-import math
+"""Heads, SimCLRModel, its dtype policy scope and its checkpoint."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-import lars_optimizer
+import config as config_lib
 import model
 
 TINY = dict(resnet_depth=18, width_multiplier=0.25, cifar_stem=True)
 
 
 def test_nonlinear_projection_head_layers_and_selector():
-  head = model.ProjectionHead('nonlinear', num_layers=3, out_dim=24, ft_proj_selector=1, global_bn=False)
+  head = model.ProjectionHead('nonlinear', num_layers=3, out_dim=24, ft_proj_selector=1, global_bn=False,
+                              batch_norm_decay=0.9)
   x = tf.random.normal([6, 40])
   out, selected = head(x, training=False)
   assert out.shape == (6, 24) and selected.shape == (6, 40)
@@ -32,24 +31,24 @@ def test_nonlinear_projection_head_layers_and_selector():
 
 def test_linear_and_none_heads():
   x = tf.random.normal([4, 12])
-  out, selected = model.ProjectionHead('linear', out_dim=5, ft_proj_selector=0)(x, training=False)
+  bn = dict(global_bn=False, batch_norm_decay=0.9)
+  out, selected = model.ProjectionHead('linear', 1, 5, 0, **bn)(x, training=False)
   assert out.shape == (4, 5)
   np.testing.assert_array_equal(selected.numpy(), x.numpy())
-  out, selected = model.ProjectionHead('none')(x, training=False)
+  out, selected = model.ProjectionHead('none', 0, 128, 0, **bn)(x, training=False)
   np.testing.assert_array_equal(out.numpy(), x.numpy())
 
 
-@pytest.mark.parametrize('kwargs, message', [
-    (dict(mode='mlp'), 'proj_head_mode'), (dict(mode='nonlinear', num_layers=2, ft_proj_selector=3),
-                                           'ft_proj_selector'),
-    (dict(mode='none', ft_proj_selector=1), 'ft_proj_selector'), (dict(out_dim=0), 'proj_out_dim')])
-def test_projection_head_validation(kwargs, message):
-  with pytest.raises(ValueError, match=message):
-    model.ProjectionHead(**kwargs)
+@pytest.mark.parametrize('settings, message', [
+    (dict(proj_head_mode='mlp'), 'proj_head_mode'), (dict(num_proj_layers=2, ft_proj_selector=3), 'ft_proj_selector'),
+    (dict(proj_head_mode='none', ft_proj_selector=1), 'ft_proj_selector'), (dict(proj_out_dim=0), 'proj_out_dim')])
+def test_projection_head_settings_that_build_no_head_are_refused(settings, message):
+  with pytest.raises(config_lib.UsageError, match=message):
+    model.SimCLRModel(3, config_lib.ModelConfig(**TINY, **settings))
 
 
 def test_pretrain_model_splits_views_and_stops_supervised_gradient():
-  net = model.SimCLRModel(7, **TINY)
+  net = model.SimCLRModel(7, config_lib.ModelConfig(**TINY))
   view = tf.random.uniform([3, 32, 32, 3])
   outputs = net(tf.concat([view, view], -1), training=False)
   assert set(outputs) == set(model.OUTPUT_KEYS)
@@ -68,7 +67,7 @@ def test_pretrain_model_splits_views_and_stops_supervised_gradient():
 
 
 def test_finetune_model_trains_encoder_through_supervised_head():
-  net = model.SimCLRModel(4, train_mode='finetune', ft_proj_selector=1, **TINY)
+  net = model.SimCLRModel(4, config_lib.ModelConfig(ft_proj_selector=1, **TINY), train_mode='finetune')
   with tf.GradientTape() as tape:
     outputs = net(tf.random.uniform([2, 32, 32, 3]), training=True)
     loss = tf.reduce_sum(outputs['logits_sup'] ** 2)
@@ -82,7 +81,7 @@ def test_finetune_model_trains_encoder_through_supervised_head():
 def test_linear_eval_model_trains_only_its_head_on_the_chosen_endpoint(endpoint, width):
   """The paper's linear evaluation: nothing but the linear head is trainable, BatchNorm stays in inference mode
   (outputs do not depend on the rest of the batch), spatial endpoints are average-pooled."""
-  net = model.SimCLRModel(5, train_mode='linear_eval', linear_eval_endpoint=endpoint, **TINY)
+  net = model.SimCLRModel(5, config_lib.ModelConfig(linear_eval_endpoint=endpoint, **TINY), train_mode='linear_eval')
   images = tf.random.uniform([4, 32, 32, 3])
   outputs = net(images, training=True)
   assert [v.path for v in net.trainable_variables] == [v.path for v in net.supervised_head.trainable_variables]
@@ -95,16 +94,16 @@ def test_linear_eval_model_trains_only_its_head_on_the_chosen_endpoint(endpoint,
 
 
 def test_distill_student_is_the_finetune_network():
-  student = model.SimCLRModel(4, train_mode='distill', **TINY)
+  student = model.SimCLRModel(4, config_lib.ModelConfig(**TINY), train_mode='distill')
   student(tf.zeros([1, 32, 32, 3]))
-  finetune = model.SimCLRModel(4, train_mode='finetune', **TINY)
+  finetune = model.SimCLRModel(4, config_lib.ModelConfig(**TINY), train_mode='finetune')
   finetune(tf.zeros([1, 32, 32, 3]))
   assert [v.shape for v in student.trainable_variables] == [v.shape for v in finetune.trainable_variables]
 
 
 def test_dtype_policy_scope():
   with model.dtype_policy('mixed_bfloat16'):
-    net = model.SimCLRModel(3, train_mode='finetune', **TINY)
+    net = model.SimCLRModel(3, config_lib.ModelConfig(**TINY), train_mode='finetune')
     outputs = net(tf.zeros([2, 32, 32, 3]), training=False)
   assert net.resnet_model.compute_dtype == 'bfloat16' and keras.config.dtype_policy().name == 'float32'
   assert all(v.dtype == 'float32' for v in net.weights)
@@ -115,103 +114,25 @@ def test_dtype_policy_scope():
 
 
 def test_model_without_supervised_head_and_validation():
-  net = model.SimCLRModel(None, lineareval_while_pretraining=False, **TINY)
+  net = model.SimCLRModel(None, config_lib.ModelConfig(lineareval_while_pretraining=False, **TINY))
   outputs = net(tf.zeros([1, 32, 32, 6]), training=False)
   assert outputs['logits_sup'] is None and net.supervised_head is None
   with pytest.raises(ValueError, match='fine_tune_after_block'):
-    model.SimCLRModel(10, fine_tune_after_block=2, **TINY)
+    model.SimCLRModel(10, config_lib.ModelConfig(fine_tune_after_block=2, **TINY))
   with pytest.raises(ValueError, match='train_mode'):
-    model.SimCLRModel(10, train_mode='selfsupervised', **TINY)
+    model.SimCLRModel(10, config_lib.ModelConfig(**TINY), train_mode='selfsupervised')
   with pytest.raises(ValueError, match='linear_eval_endpoint'):
-    model.SimCLRModel(10, train_mode='linear_eval', linear_eval_endpoint='block_group5', **TINY)
-  with pytest.raises(ValueError, match='fine_tune_after_block must be -1 or 4'):
-    model.SimCLRModel(10, train_mode='linear_eval', fine_tune_after_block=2, **TINY)
+    model.SimCLRModel(10, config_lib.ModelConfig(linear_eval_endpoint='block_group5', **TINY), train_mode='linear_eval')
+  with pytest.raises(ValueError, match='linear_eval freezes the whole encoder'):
+    model.SimCLRModel(10, config_lib.ModelConfig(fine_tune_after_block=2, **TINY), train_mode='linear_eval')
   with pytest.raises(ValueError, match='multiple of 3'):
     net(tf.zeros([1, 32, 32, 4]))
-
-
-def reference_schedule(step, base_lr, num_examples, batch, warmup_epochs, total_steps, scaling):
-  """The authors' WarmUpAndCosineDecay, in plain Python."""
-  warmup = int(round(warmup_epochs * num_examples // batch))
-  peak = base_lr * batch / 256 if scaling == 'linear' else base_lr * math.sqrt(batch)
-  if step < warmup:
-    return step / warmup * peak
-  progress = min(step - warmup, total_steps - warmup) / (total_steps - warmup)
-  return peak * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-@pytest.mark.parametrize('base_lr, num_examples, batch, warmup_epochs, epochs, steps, scaling', [
-    (0.3, 50_000, 512, 10, 100, None, 'linear'),  # CIFAR-10 style
-    (0.075, 1_281_167, 4096, 10, 100, None, 'sqrt'),  # ImageNet with sqrt scaling
-    (0.1, 1000, 100, 0, None, 50, 'linear'),  # no warmup, explicit steps
-    (1.0, 1000, 64, 2.5, 20, None, 'linear'),  # fractional warmup epochs
-])
-def test_schedule_matches_reference(base_lr, num_examples, batch, warmup_epochs, epochs, steps, scaling):
-  schedule = model.WarmUpAndCosineDecay(base_lr, num_examples, batch, warmup_epochs, epochs, steps, scaling)
-  total = model.get_train_steps(num_examples, batch, epochs, steps)
-  assert schedule.total_steps == total
-  probe = sorted({0, 1, schedule.warmup_steps - 1, schedule.warmup_steps, schedule.warmup_steps + 1,
-                  total // 2, total - 1, total, total + 10} - {-1})
-  got = [float(schedule(step)) for step in probe]
-  want = [reference_schedule(s, base_lr, num_examples, batch, warmup_epochs, total, scaling) for s in probe]
-  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
-  clone = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(schedule))
-  assert float(clone(total // 3)) == pytest.approx(float(schedule(total // 3)))
-
-
-def test_a_warmup_longer_than_training_rises_all_run_as_the_authors_schedule_does():
-  schedule = model.WarmUpAndCosineDecay(1.0, 1000, 100, warmup_epochs=20, train_epochs=10)  # 200 > 101 steps
-  steps = range(0, schedule.total_steps + 1, 10)
-  np.testing.assert_allclose([float(schedule(s)) for s in steps], [s / 200 * (100 / 256) for s in steps],
-                             rtol=1e-5, atol=1e-8)
-
-
-def test_schedule_validation():
-  with pytest.raises(ValueError, match='learning_rate_scaling'):
-    model.WarmUpAndCosineDecay(0.1, 100, 10, 1, 10, scaling='log')
-  with pytest.raises(ValueError, match='warmup_epochs must be >= 0'):
-    model.WarmUpAndCosineDecay(0.1, 100, 10, warmup_epochs=-1, train_epochs=10)
-  with pytest.raises(ValueError, match='train_steps or train_epochs'):
-    model.get_train_steps(100, 10)
-
-
-def test_build_optimizer():
-  assert isinstance(model.build_optimizer('lars', 0.1, weight_decay=1e-6), lars_optimizer.LARSOptimizer)
-  sgd = model.build_optimizer('momentum', 0.1, momentum=0.8)
-  assert isinstance(sgd, keras.optimizers.SGD) and sgd.nesterov and sgd.momentum == 0.8
-  assert isinstance(model.build_optimizer('adam', 0.1), keras.optimizers.Adam)
-  with pytest.raises(ValueError, match='optimizer'):
-    model.build_optimizer('rmsprop', 0.1)
-
-
-def test_weight_decay_exclusions_on_real_variable_paths():
-  """LARS decays conv/dense kernels only; the explicit L2 covers exactly the supervised head's kernel."""
-  net = model.SimCLRModel(5, **TINY)
-  net(tf.zeros([1, 32, 32, 6]), training=False)
-  variables = net.trainable_variables
-  opt = model.build_optimizer('lars', 0.1, weight_decay=1e-4)
-  opt.build(variables)
-  decayed = {v.path for v, flag in zip(variables, opt._use_decay) if flag}
-  adapted = {v.path for v, flag in zip(variables, opt._use_adaptation) if flag}
-  assert decayed == adapted
-  assert decayed == {v.path for v in variables if v.path.endswith('kernel') and 'head_supervised' not in v.path}
-  assert not any('gamma' in p or 'beta' in p or 'bias' in p for p in decayed)
-
-  head_kernel = net.supervised_head.linear_layer.dense.kernel.numpy()
-  np.testing.assert_allclose(model.weight_decay_loss(variables, 1e-4, 'lars').numpy(),
-                             1e-4 * 0.5 * np.sum(head_kernel ** 2), rtol=1e-5)
-  # Other optimizers (and eval's regularization loss): every non-BatchNorm variable, biases included.
-  non_bn = [v.numpy() for v in variables if 'batch_normalization' not in v.path]
-  assert any(v.path.endswith('bias') for v in variables)
-  np.testing.assert_allclose(model.weight_decay_loss(variables, 1e-4, 'momentum').numpy(),
-                             1e-4 * 0.5 * sum(np.sum(w ** 2) for w in non_bn), rtol=1e-5)
-  assert float(model.weight_decay_loss(variables, 0.0, 'momentum')) == 0.0
 
 
 def test_checkpoint_holds_every_variable_and_restores_encoder_only(tmp_path):
   """Layers kept in lists (blocks, heads) are checkpointed, BatchNorm moving statistics included."""
   def make(train_mode):
-    net = model.SimCLRModel(3, train_mode=train_mode, **TINY)
+    net = model.SimCLRModel(3, config_lib.ModelConfig(**TINY), train_mode=train_mode)
     net(tf.random.uniform([4, 32, 32, 6 if train_mode == 'pretrain' else 3]), training=True)
     return net
 

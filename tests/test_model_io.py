@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import config as config_lib
 import architecture
 import model as model_lib
 import model_io
+import optimization
 import rundir
 from model_files import FIXTURE_NAMES, build, fixture, save_run, write_from_keys
 
@@ -102,7 +104,7 @@ def test_this_projects_checkpoints_and_exports_read_back(tmp_path, kwargs):
   a CIFAR-stem bottleneck ResNet with SE and a linear head, width 0.1), from this project's training checkpoint
   and export."""
   keras.utils.set_random_seed(1)
-  net = model_lib.SimCLRModel(7, global_bn=False, train_mode='finetune', **kwargs)
+  net = model_lib.SimCLRModel(7, config_lib.ModelConfig(global_bn=False, **kwargs), train_mode='finetune')
   size = 32 if kwargs['cifar_stem'] else 64
   images = tf.random.stateless_uniform([3, size, size, 3], seed=[3, 4])
   net(images, training=False)
@@ -127,8 +129,9 @@ def test_this_projects_checkpoints_and_exports_read_back(tmp_path, kwargs):
 
 
 def test_a_linear_eval_head_on_an_earlier_block_is_found_in_the_export(tmp_path):
-  net = model_lib.SimCLRModel(4, resnet_depth=18, width_multiplier=0.25, cifar_stem=True, global_bn=False,
-                              train_mode='linear_eval', linear_eval_endpoint='block_group3')
+  net = model_lib.SimCLRModel(4, config_lib.ModelConfig(
+      resnet_depth=18, width_multiplier=0.25, cifar_stem=True, global_bn=False, linear_eval_endpoint='block_group3'),
+                              train_mode='linear_eval')
   net(tf.zeros([1, 32, 32, 3]), training=False)
   for v in net.supervised_head.variables:
     v.assign(tf.random.stateless_normal(v.shape, seed=[1, 2]))
@@ -137,8 +140,8 @@ def test_a_linear_eval_head_on_an_earlier_block_is_found_in_the_export(tmp_path)
 
 
 def test_export_takes_float32_float64_and_uint8_and_serves_keras_3(tmp_path):
-  net = model_lib.SimCLRModel(5, resnet_depth=18, width_multiplier=0.125, cifar_stem=True, global_bn=False,
-                              train_mode='finetune')
+  net = model_lib.SimCLRModel(5, config_lib.ModelConfig(
+      resnet_depth=18, width_multiplier=0.125, cifar_stem=True, global_bn=False), train_mode='finetune')
   pixels = np.random.default_rng(0).integers(0, 256, size=(2, 20, 24, 3)).astype(np.uint8)
   floats = pixels.astype(np.float32) / 255.0
   net(floats, training=False)
@@ -165,8 +168,8 @@ def test_export_is_a_reusable_savedmodel_for_tf_hub(tmp_path):
   gradients, and one optimizer step changes them."""
   import tensorflow_hub as hub  # pylint: disable=g-import-not-at-top  (test-only requirements)
   import tf_keras  # pylint: disable=g-import-not-at-top
-  net = model_lib.SimCLRModel(5, resnet_depth=18, width_multiplier=0.125, cifar_stem=True, global_bn=False,
-                              train_mode='finetune')
+  net = model_lib.SimCLRModel(5, config_lib.ModelConfig(
+      resnet_depth=18, width_multiplier=0.125, cifar_stem=True, global_bn=False), train_mode='finetune')
   net(tf.zeros([1, 16, 16, 3]), training=False)
   for v in net.trainable_variables:  # no zero-initialised gammas: every layer gets a gradient
     v.assign(tf.random.stateless_normal(v.shape, seed=[len(v.path), 7], mean=0.5, stddev=0.2))
@@ -190,8 +193,8 @@ def test_export_is_a_reusable_savedmodel_for_tf_hub(tmp_path):
 
 
 def _save_two_checkpoints(tmp_path):
-  net = model_lib.SimCLRModel(3, resnet_depth=18, width_multiplier=0.125, cifar_stem=True, global_bn=False,
-                              train_mode='finetune')
+  net = model_lib.SimCLRModel(3, config_lib.ModelConfig(
+      resnet_depth=18, width_multiplier=0.125, cifar_stem=True, global_bn=False), train_mode='finetune')
   net(tf.zeros([1, 16, 16, 3]), training=False)
   step = tf.Variable(0, dtype=tf.int64)
   checkpoint = tf.train.Checkpoint(model=net, step=step)
@@ -226,10 +229,10 @@ def test_read_training_checkpoint_gives_the_global_step(tmp_path, precision):
   """The step of a checkpoint as training writes it (named by the step), also under mixed_float16, where the
   optimizer's counter sits inside the loss-scale optimizer; an unreadable one is skipped (None)."""
   with model_lib.dtype_policy(precision):
-    net = model_lib.SimCLRModel(3, resnet_depth=18, width_multiplier=0.125, cifar_stem=True, global_bn=False,
-                                train_mode='finetune')
+    net = model_lib.SimCLRModel(3, config_lib.ModelConfig(
+      resnet_depth=18, width_multiplier=0.125, cifar_stem=True, global_bn=False), train_mode='finetune')
     net(tf.zeros([1, 16, 16, 3]), training=False)
-  optimizer = model_lib.build_optimizer('lars', 0.1, precision=precision)
+  optimizer = optimization.build_optimizer('lars', 0.1, precision=precision)
   optimizer.build(net.trainable_variables)
   optimizer.iterations.assign(7)
   net.supervised_head.trainable_variables[0].assign(tf.ones_like(net.supervised_head.trainable_variables[0]))
@@ -237,8 +240,8 @@ def test_read_training_checkpoint_gives_the_global_step(tmp_path, precision):
                                        max_to_keep=1, checkpoint_name='ckpt', step_counter=optimizer.iterations)
   path = manager.save(checkpoint_number=int(optimizer.iterations.numpy()))
   with model_lib.dtype_policy(precision):
-    restored = model_lib.SimCLRModel(3, resnet_depth=18, width_multiplier=0.125, cifar_stem=True, global_bn=False,
-                                     train_mode='finetune')
+    restored = model_lib.SimCLRModel(3, config_lib.ModelConfig(
+      resnet_depth=18, width_multiplier=0.125, cifar_stem=True, global_bn=False), train_mode='finetune')
     restored(tf.zeros([1, 16, 16, 3]), training=False)
   assert model_io.read_training_checkpoint(restored, path) == 7
   np.testing.assert_array_equal(restored.supervised_head.trainable_variables[0].numpy(), 1.0)

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import config as config_lib
 import resnet
+import resnet_shapes
 
 
 def trainable_count(layer):
@@ -47,11 +49,11 @@ def test_endpoints_and_fractional_widths(depth, width, cifar_stem, image_size, e
   encoder = resnet.resnet(depth, width, cifar_stem=cifar_stem)
   images = tf.random.uniform([2, image_size, image_size, 3])
   endpoints = encoder(images, training=False, return_endpoints=True)
-  assert tuple(endpoints) == resnet.ENDPOINTS
+  assert tuple(endpoints) == resnet_shapes.ENDPOINTS
   assert {k: tuple(v.shape[1:]) for k, v in endpoints.items()} == expected_shapes
   pooled = encoder(images, training=False)
   np.testing.assert_allclose(pooled.numpy(), endpoints['final_avg_pool'].numpy(), rtol=1e-6)
-  assert pooled.shape[-1] == resnet.output_width(depth, width)
+  assert pooled.shape[-1] == resnet_shapes.output_width(depth, width)
 
 
 @pytest.mark.parametrize('depth, width, stem, groups, shortcuts', [
@@ -68,14 +70,15 @@ def test_fractional_widths_truncate_as_the_authors_code_does(depth, width, stem,
   firsts = [group.layers[0] for group in encoder.block_groups]
   assert [getattr(b, main)[0].conv2d.kernel.shape[-1] for b in firsts] == groups
   assert [getattr(b, shortcut)[0].conv2d.kernel.shape[-1] for b in firsts] == shortcuts
-  assert resnet.output_width(depth, width) == shortcuts[-1]
+  assert resnet_shapes.output_width(depth, width) == shortcuts[-1]
 
 
 def test_selective_kernels_need_even_widths():
-  assert resnet.selective_kernels_fit(50, 0.25) and not resnet.selective_kernels_fit(50, 0.1)  # int(2 * 25.6) = 51
-  with pytest.raises(ValueError, match='selective kernels need even widths'):
-    resnet.resnet(50, 0.1, sk_ratio=0.0625)
-  assert resnet.selective_kernels_fit(18, 0.1)  # basic blocks have no selective kernel, only ResNet-D
+  assert resnet_shapes.selective_kernels_fit(50, 0.25)
+  assert not resnet_shapes.selective_kernels_fit(50, 0.1)  # int(2 * 25.6) = 51
+  with pytest.raises(config_lib.UsageError, match='selective kernels need even widths'):
+    config_lib.check_model(config_lib.ModelConfig(resnet_depth=50, width_multiplier=0.1, sk_ratio=0.0625), 'pretrain')
+  assert resnet_shapes.selective_kernels_fit(18, 0.1)  # basic blocks have no selective kernel, only ResNet-D
   build(18, 0.1, sk_ratio=0.0625)
 
 
@@ -95,7 +98,7 @@ def test_last_batchnorm_of_each_block_starts_at_zero_gamma(depth, sk_ratio, se_r
     last_bn = [layer for layer in inner if isinstance(layer, resnet.BatchNormRelu)][-1]
     np.testing.assert_array_equal(last_bn.bn.gamma.numpy(), 0.0)
   zero_gammas = [v for v in encoder.trainable_variables if v.path.endswith('gamma') and not np.any(v.numpy())]
-  assert len(zero_gammas) == len(blocks) == sum(resnet.ARCHITECTURES[depth][1])
+  assert len(zero_gammas) == len(blocks) == sum(resnet_shapes.ARCHITECTURES[depth][1])
   # At initialisation a block without projection is relu(input): its residual branch is exactly 0.
   channels = 16 if depth < 50 else 64
   x = tf.random.normal([2, 8, 8, channels])
@@ -141,13 +144,12 @@ def test_fine_tune_after_block_freezes_the_prefix(after_block):
     assert not encoder.trainable_variables or all(g is None for g in grads)
 
 
-def test_rejects_bad_arguments():
-  with pytest.raises(ValueError, match='resnet_depth'):
-    resnet.resnet(20)
-  with pytest.raises(ValueError, match='width_multiplier'):
-    resnet.resnet(18, 0)
-  with pytest.raises(ValueError, match='fine_tune_after_block'):
-    resnet.resnet(18, fine_tune_after_block=5)
+@pytest.mark.parametrize('settings, message', [
+    (dict(resnet_depth=20), 'resnet_depth'), (dict(width_multiplier=0), 'width_multiplier'),
+    (dict(width_multiplier=1 / 64), 'width_multiplier'), (dict(fine_tune_after_block=5), 'fine_tune_after_block')])
+def test_encoders_that_cannot_be_built_are_refused(settings, message):
+  with pytest.raises(config_lib.UsageError, match=message):
+    config_lib.check_model(config_lib.ModelConfig(**settings), 'finetune')
 
 
 
