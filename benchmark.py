@@ -47,6 +47,7 @@ import os
 import resource
 import sys
 import time
+import typing
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # C++ info, warnings and CUDA probing errors
 import progress  # pylint: disable=g-import-not-at-top
@@ -67,7 +68,7 @@ import optimization  # pylint: disable=g-import-not-at-top
 import train  # pylint: disable=g-import-not-at-top
 
 
-def _bool(text):
+def _bool(text: str) -> bool:
   if text.lower() in ('1', 'true', 'yes'):
     return True
   if text.lower() in ('0', 'false', 'no'):
@@ -75,7 +76,8 @@ def _bool(text):
   raise argparse.ArgumentTypeError(f'expected True or False, got {text!r}')
 
 
-def _steady_state_rate(next_batch, batch_size, seconds, warmup_batches):
+def _steady_state_rate(next_batch: typing.Callable[[], typing.Any], batch_size: float, seconds: float,
+                       warmup_batches: int) -> float:
   """Images per second over `seconds`, after `warmup_batches` batches (tracing, autotuning, caches)."""
   for _ in range(warmup_batches):
     next_batch()
@@ -86,7 +88,7 @@ def _steady_state_rate(next_batch, batch_size, seconds, warmup_batches):
   return count / (time.perf_counter() - start)
 
 
-def bench_input(args):
+def bench_input(args: argparse.Namespace) -> None:
   rng = np.random.default_rng(0)
   pool = rng.integers(0, 256, size=(args.num_source_images, args.source_size, args.source_size, 3),
                       dtype=np.uint8)
@@ -102,7 +104,7 @@ def bench_input(args):
   print(f'images_per_sec: {rate:.0f}')
 
 
-def bench_dataset_input(args):
+def bench_dataset_input(args: argparse.Namespace) -> None:
   """The training input path from the files on: load_source (scan, check or cache), read, decode, augment."""
   logging.set_verbosity(logging.INFO)  # load_source says how many files it checked and took from the cache
   start = time.perf_counter()
@@ -122,7 +124,7 @@ def bench_dataset_input(args):
   print(f'images_per_sec: {rate:.0f}')
 
 
-def textured_image(rng, height, width, noise=6.0):
+def textured_image(rng: np.random.Generator, height: int, width: int, noise: float = 6.0) -> np.ndarray:
   """A uint8 `[height, width, 3]` image: a colour gradient, low-frequency waves, filled shaded ellipses and
   rectangles, and Gaussian noise -- so JPEG files come out the size of photographs' (neither flat colour's
   nor pure noise's)."""
@@ -150,7 +152,8 @@ def textured_image(rng, height, width, noise=6.0):
   return np.clip(np.round(image), 0, 255).astype(np.uint8)
 
 
-def make_folder(out, num_images, min_size=256, max_size=320, classes=10, seed=0, quality=95):
+def make_folder(out: str, num_images: int, min_size: int = 256, max_size: int = 320, classes: int = 10, seed: int = 0,
+                quality: int = 95) -> int:
   """Writes `<out>/train/<class>/<i>.jpg`, image i of class i mod `classes`, height and width uniform in
   [min_size, max_size]; the same bytes for the same arguments. Returns the total bytes written."""
   if min_size < 1 or max_size < min_size or classes < 1:
@@ -171,14 +174,14 @@ def make_folder(out, num_images, min_size=256, max_size=320, classes=10, seed=0,
   return total
 
 
-def bench_make_folder(args):
+def bench_make_folder(args: argparse.Namespace) -> None:
   total = make_folder(args.out, args.num_images, args.min_size, args.max_size, args.classes, args.seed)
   print(f'make_folder: out={args.out} num_images={args.num_images} sizes={args.min_size}-{args.max_size} '
         f'classes={args.classes} seed={args.seed}')
   print(f'mean_kb: {total / max(args.num_images, 1) / 1024:.1f}  total_mb: {total / 2 ** 20:.1f}')
 
 
-def conv_gflops_per_step(model, images):
+def conv_gflops_per_step(model: model_lib.SimCLRModel, images: tf.Tensor) -> float:
   """Forward + backward convolution GFLOPs of one step on `images`: 2 x MACs of each Conv2D in the traced
   forward graph, three times over (forward, input gradient, kernel gradient; none for the image's gradient)."""
   graph = tf.function(lambda x: model(x, training=True)).get_concrete_function(
@@ -192,14 +195,14 @@ def conv_gflops_per_step(model, images):
   return total / 1e9
 
 
-def numpy_matmul_gflops(seconds=10.0, n=4096):
+def numpy_matmul_gflops(seconds: float = 10.0, n: int = 4096) -> float:
   """GFLOP/s of numpy's float32 `n x n` matrix product (its BLAS, all cores): the machine's reachable peak,
   measured outside TensorFlow."""
   a = np.random.default_rng(0).random((n, n), dtype=np.float32)
   return _steady_state_rate(lambda: a @ a, 2 * n ** 3 / 1e9, seconds, warmup_batches=1)
 
 
-def bench_peak(args):
+def bench_peak(args: argparse.Namespace) -> None:
   del args
   print(runtime.describe_kernels())
   for dtype in (tf.float32, tf.bfloat16):
@@ -210,7 +213,7 @@ def bench_peak(args):
   print(f'numpy_matmul_gflops_per_sec_float32: {numpy_matmul_gflops():.0f}')
 
 
-def bench_train(args):
+def bench_train(args: argparse.Namespace) -> None:
   if args.replicas > 1:  # before TensorFlow initialises its devices
     cpu = tf.config.list_physical_devices('CPU')[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * args.replicas)
@@ -257,7 +260,7 @@ def bench_train(args):
   print(f'images_per_sec: {rate:.1f}')
 
 
-def knn_curve(model_dir, tag='knn/top_1_accuracy'):
+def knn_curve(model_dir: str, tag: str = 'knn/top_1_accuracy') -> list[tuple[float, int, float]]:
   """[(minutes since the run's first event, step, value)] of `tag` in model_dir's training events, oldest
   first; a resumed run's events (several files) continue the clock of the first."""
   from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
@@ -272,7 +275,7 @@ def knn_curve(model_dir, tag='knn/top_1_accuracy'):
   return sorted(points)
 
 
-def bench_curve(args):
+def bench_curve(args: argparse.Namespace) -> None:
   try:
     import matplotlib  # pylint: disable=g-import-not-at-top
   except ImportError:
@@ -303,7 +306,7 @@ def bench_curve(args):
 DEFAULTS = config.Config()  # run.py's defaults are the benchmarks' too
 
 
-def main(argv=None):
+def main(argv: typing.Optional[typing.Sequence[str]] = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   commands = parser.add_subparsers(dest='command', required=True)
   inp = commands.add_parser('input', help='the pretraining input pipeline (from files with --dataset)')

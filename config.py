@@ -65,7 +65,7 @@ class UsageError(ValueError):
   """A flag combination that cannot work; the message names the flag."""
 
 
-def _option(default, help_text, choices=None):
+def _option(default: typing.Any, help_text: str, choices: typing.Optional[typing.Sequence[str]] = None) -> typing.Any:
   return dataclasses.field(default=default, metadata={'help': help_text, 'choices': choices})
 
 
@@ -97,11 +97,11 @@ class ModelConfig:
       'final_avg_pool', '--train_mode=linear_eval: the encoder endpoint the linear head reads (spatial ones '
       'pooled).', resnet_shapes.ENDPOINTS)
 
-  def uses_cifar_stem(self, image_size):
+  def uses_cifar_stem(self, image_size: int) -> bool:
     return image_size <= 32 if self.cifar_stem is None else self.cifar_stem
 
   @property
-  def projection_layers(self):
+  def projection_layers(self) -> int:
     """Layers of the projection head, whatever its mode."""
     return {'none': 0, 'linear': 1}.get(self.proj_head_mode, self.num_proj_layers)
 
@@ -154,7 +154,7 @@ class OptimConfig:
   jit_compile: bool = _option(False, 'Compile the train step with XLA (off by default: slower on CPU).')
 
   @property
-  def train_seconds(self):
+  def train_seconds(self) -> float:
     """--train_time in seconds, 0 without a budget."""
     return parse_duration(self.train_time)
 
@@ -180,7 +180,7 @@ class EvalConfig:
   knn_temperature: float = _option(0.1, 'Temperature of the kNN monitor\'s vote weights exp(sim / t).')
 
   @property
-  def eval_examples(self):
+  def eval_examples(self) -> typing.Optional[int]:
     """Examples of the eval split an evaluation reads: --eval_steps batches, or None for all."""
     return self.eval_steps * self.eval_batch_size or None
 
@@ -248,7 +248,7 @@ OPERATIONAL_FLAGS = frozenset({
     'checkpoint_epochs', 'checkpoint_steps', 'train_summary_steps', 'eval_batch_size', 'eval_timeout', 'eval_name'})
 
 
-def parse_duration(text):
+def parse_duration(text: str) -> float:
   """Seconds of a duration `<number><s|m|h>` (e.g. 90s, 60m, 1.5h); 0 for ''. A bad one is a UsageError."""
   if not text:
     return 0.0
@@ -258,7 +258,7 @@ def parse_duration(text):
   return float(match.group(1)) * {'s': 1, 'm': 60, 'h': 3600}[match.group(2)]
 
 
-def fields():
+def fields() -> list[tuple[str, dataclasses.Field]]:
   """(group, dataclasses.Field) of every setting, in flag-definition order."""
   return [(group, field) for group, cls in GROUPS.items() for field in dataclasses.fields(cls)]
 
@@ -273,7 +273,7 @@ class Config:
   run: RunConfig = RunConfig()
 
   @classmethod
-  def from_flat(cls, values):
+  def from_flat(cls, values: dict[str, typing.Any]) -> 'Config':
     """A Config from {flag name: value}; names it does not know are an error (a typo must not be ignored)."""
     unknown = sorted(set(values) - set(GROUP_OF))
     if unknown:
@@ -282,24 +282,24 @@ class Config:
                   for group, group_cls in GROUPS.items()})
 
   @classmethod
-  def defaults(cls, **overrides):
+  def defaults(cls, **overrides) -> 'Config':
     """The defaults with `overrides` (flat flag names), for scripts, notebooks and tests."""
     return cls.from_flat(overrides)
 
-  def flat(self):
+  def flat(self) -> dict[str, typing.Any]:
     """{flag name: value}: what a run's flags.json holds."""
     return {name: value for group in GROUPS for name, value in dataclasses.asdict(getattr(self, group)).items()}
 
-  def replace(self, **changes):
+  def replace(self, **changes) -> 'Config':
     """A copy with some settings changed, by flag name."""
     return Config.from_flat({**self.flat(), **changes})
 
   @property
-  def use_cifar_stem(self):
+  def use_cifar_stem(self) -> bool:
     return self.model.uses_cifar_stem(self.data.image_size)
 
 
-def check_model(m, train_mode):
+def check_model(m: ModelConfig, train_mode: str) -> None:
   """Fails, with one line naming the flag, on model settings (a ModelConfig) that build no network in
   `train_mode`; SimCLRModel checks its settings with this too."""
   depth = m.projection_layers
@@ -338,7 +338,7 @@ def check_model(m, train_mode):
       raise UsageError(message)
 
 
-def validate(cfg, num_replicas=1):
+def validate(cfg: Config, num_replicas: int = 1) -> None:
   """Fails fast, with one line naming the flag, on combinations that would fail later or silently. Reads no
   file (run.py checks model_dir's checkpoints where a mode needs them)."""
   m, d, o, e, r = cfg.model, cfg.data, cfg.optim, cfg.eval, cfg.run
@@ -392,7 +392,7 @@ def validate(cfg, num_replicas=1):
       raise UsageError(message)
 
 
-def inherited(saved, explicit):
+def inherited(saved: dict[str, typing.Any], explicit: typing.Collection[str]) -> dict[str, typing.Any]:
   """The settings an evaluation takes from the run it evaluates (`saved`, its flags.json): every one not given
   explicitly and not describing this evaluation itself (`SESSION_FLAGS`); names this version does not know are
   left out."""
@@ -400,7 +400,7 @@ def inherited(saved, explicit):
           if name in GROUP_OF and name not in explicit and name not in SESSION_FLAGS}
 
 
-def default_model_dir(cfg):
+def default_model_dir(cfg: Config) -> str:
   """Where a command writes when --model_dir is not given: a directory named after what it works on, so that
   a run on another dataset, in another train mode or of another model file never lands in an earlier run's."""
   r = cfg.run
@@ -411,7 +411,7 @@ def default_model_dir(cfg):
   return os.path.join('runs', name if r.train_mode == 'pretrain' else f'{name}-{r.train_mode}')
 
 
-def model_name(path):
+def model_name(path: str) -> str:
   """The name of a model file: the folder it is in, past `saved_model`, `ckpt` and step folders
   (`.../r50_1x_sk0/saved_model` -> r50_1x_sk0, `runs/x/ckpt-100` -> x)."""
   parts = [p for p in path.replace('\\', '/').split('/') if p]
@@ -421,11 +421,11 @@ def model_name(path):
   return parts[-1] if parts else 'model'
 
 
-def _name(text):
+def _name(text: str) -> str:
   return re.sub(r'[^A-Za-z0-9_.-]+', '_', text).strip('_.') or 'run'
 
 
-def run_differences(saved, cfg):
+def run_differences(saved: dict[str, typing.Any], cfg: Config) -> list[tuple[str, typing.Any, typing.Any]]:
   """[(flag, value in the saved run, value here)] of the settings that define a run (all but
   `OPERATIONAL_FLAGS`) in which `cfg` differs from a run's flags.json `saved`. A setting the saved run predates
   had its default there; names this version does not know are left out."""
@@ -434,7 +434,8 @@ def run_differences(saved, cfg):
           if name not in OPERATIONAL_FLAGS and saved.get(name, defaults[name]) != value]
 
 
-def adopt_architecture(cfg, explicit, file, flag='checkpoint'):
+def adopt_architecture(cfg: Config, explicit: typing.Collection[str], file: 'architecture.ModelFile',
+                       flag: str = 'checkpoint') -> Config:
   """`cfg` with the network of a model file (architecture.ModelFile): its model settings replace those left at
   their defaults; one given explicitly that would build another network stops the run. For fine-tuning, the
   file's supervised head position is kept unless --ft_proj_selector is given."""

@@ -7,6 +7,7 @@ class. The frozen-feature classifiers themselves are linear_eval.py's.
 """
 
 import time
+import typing
 
 from absl import logging
 import keras
@@ -24,7 +25,8 @@ import progress
 import rundir
 
 
-def evaluate_classifier(model, dataset, strategy, num_classes, max_batches=0):
+def evaluate_classifier(model: keras.Model, dataset: tf.distribute.DistributedDataset, strategy: tf.distribute.Strategy,
+                        num_classes: int, max_batches: int = 0) -> dict:
   """Top-1 accuracy of the model's `logits_sup` on a distributed dataset of (images, one-hot labels), and
   top-5 when there are more than 5 classes (else it is 1 by construction); unlabeled rows do not count.
   Returns {'eval/label_top_k_accuracy': ..., 'eval/num_examples': n}; `max_batches` > 0 stops early."""
@@ -85,7 +87,7 @@ def export_once(model: keras.Model, cfg: config_lib.Config, step: int) -> None:
     model_io.export(model, cfg.run.model_dir, step, cfg.run.keep_hub_module_max)
 
 
-def result_lines(cfg, result):
+def result_lines(cfg: config_lib.Config, result: dict) -> list[str]:
   """What a run says of its result on stdout."""
   head = config_lib.TRAIN_MODE[cfg.run.train_mode].result
   split = cfg.data.eval_split
@@ -102,7 +104,8 @@ def result_lines(cfg, result):
 # ------------------------------------------------------------------------------------------- frozen features
 
 
-def frozen_features(cfg, source, net, train, max_examples=None):
+def frozen_features(cfg: config_lib.Config, source: data_lib.Source, net: keras.Model, train: bool,
+                    max_examples: typing.Optional[int] = None) -> tuple:
   """(`final_avg_pool` features, labels) through `net` in inference mode, eval preprocessing: of the train split
   when `train`, else of the eval split; at most `max_examples` of it (default: --linear_eval_max_examples of the
   train split, --eval_steps batches or all of the eval split). A part of a split is a stratified sample of it
@@ -116,7 +119,7 @@ def frozen_features(cfg, source, net, train, max_examples=None):
   return linear_eval_lib.extract_features(net, dataset)
 
 
-def knn_monitor(cfg, source, model):
+def knn_monitor(cfg: config_lib.Config, source: data_lib.Source, model: keras.Model) -> float:
   """Weighted-kNN top-1 on --eval_split with train features (at most --knn_max_examples) as the bank: a
   label-free training signal."""
   bank = frozen_features(cfg, source, model, train=True, max_examples=cfg.eval.knn_max_examples)
@@ -125,7 +128,8 @@ def knn_monitor(cfg, source, model):
       num_classes=source.num_classes, k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature)['top_1_accuracy']
 
 
-def random_encoder(cfg, strategy, num_classes, seed=0):
+def random_encoder(cfg: config_lib.Config, strategy: tf.distribute.Strategy, num_classes: int,
+                   seed: int = 0) -> model_lib.SimCLRModel:
   """The baseline a representation must beat: this architecture, randomly initialised -- the same weights in
   every run (seeded)."""
   keras.utils.set_random_seed(seed)
@@ -133,7 +137,8 @@ def random_encoder(cfg, strategy, num_classes, seed=0):
     return model_lib.build(cfg, num_classes, strategy.num_replicas_in_sync)
 
 
-def frozen_linear_eval(cfg, strategy, source, model):
+def frozen_linear_eval(cfg: config_lib.Config, strategy: tf.distribute.Strategy, source: data_lib.Source,
+                       model: keras.Model) -> dict:
   """Logistic regression on frozen `final_avg_pool` features of the pretrained and of a random encoder."""
   progress.status('Fitting logistic regressions on frozen features of the pretrained and a random encoder...')
   result = {}
@@ -148,7 +153,8 @@ def frozen_linear_eval(cfg, strategy, source, model):
   return result
 
 
-def embedding_plot(cfg, strategy, source, files):
+def embedding_plot(cfg: config_lib.Config, strategy: tf.distribute.Strategy, source: data_lib.Source,
+                   files: dict[str, typing.Optional[architecture.ModelFile]]) -> str:
   """--mode=embed_plot: PCA of --eval_split features, a random encoder (left) next to the trained one (right),
   as model_dir/embedding.png. The trained one: --checkpoint, else model_dir's latest checkpoint."""
   file = files['checkpoint'] or architecture.inspect(cfg.run.model_dir)
@@ -162,7 +168,8 @@ def embedding_plot(cfg, strategy, source, files):
 # ------------------------------------------------------------------------------------------- --mode=eval
 
 
-def eval_checkpoints(cfg, strategy, source, chief, last_step):
+def eval_checkpoints(cfg: config_lib.Config, strategy: tf.distribute.Strategy, source: data_lib.Source, chief: bool,
+                     last_step: typing.Optional[int]) -> None:
   """--mode=eval of model_dir: evaluates its latest checkpoint, then each newer one as it appears, until
   `last_step` (None: unknown, a time budget not fixed yet) or --eval_timeout seconds without a new one.
   Unreadable checkpoints are skipped (warning)."""
@@ -197,7 +204,8 @@ def eval_checkpoints(cfg, strategy, source, chief, last_step):
         f'{latest["eval/label_top_1_accuracy"]:.4f}. Results: {rundir.result_path(model_dir)}', flush=True)
 
 
-def eval_file(cfg, strategy, source, chief, file):
+def eval_file(cfg: config_lib.Config, strategy: tf.distribute.Strategy, source: data_lib.Source, chief: bool,
+              file: architecture.ModelFile) -> None:
   """--mode=eval --checkpoint=FILE: the file's own classifier (logits_sup) on --eval_split, no training."""
   model = model_io.load(cfg, strategy, file)
   file_cfg = model_io.as_file_config(cfg, file)

@@ -28,8 +28,9 @@ class LinearLayer(keras.layers.Layer):
   `num_classes` may be a callable of the input shape, so a head can keep its input width.
   """
 
-  def __init__(self, num_classes, use_bias=True, use_bn=False, zero_init=False, global_bn=True,
-               batch_norm_decay=0.9, **kwargs):
+  def __init__(self, num_classes: typing.Union[int, typing.Callable[[tuple], int]], use_bias: bool = True,
+               use_bn: bool = False, zero_init: bool = False, global_bn: bool = True, batch_norm_decay: float = 0.9,
+               **kwargs) -> None:
     super().__init__(**kwargs)
     self.num_classes = num_classes
     self.use_bias = use_bias
@@ -40,13 +41,13 @@ class LinearLayer(keras.layers.Layer):
         resnet.BatchNormRelu(relu=False, center=use_bias, global_bn=global_bn,
                              batch_norm_decay=batch_norm_decay) if use_bn else None)
 
-  def build(self, input_shape):
+  def build(self, input_shape: tuple) -> None:
     units = self.num_classes(input_shape) if callable(self.num_classes) else self.num_classes
     init = 'zeros' if self.zero_init else keras.initializers.RandomNormal(stddev=0.01)
     self.dense = keras.layers.Dense(units, kernel_initializer=init, use_bias=self.use_bias and not self.use_bn,
                                     trainable=self.trainable, name='dense')  # frozen before being built: stay so
 
-  def call(self, inputs, training=None):
+  def call(self, inputs: tf.Tensor, training: typing.Optional[bool] = None) -> tf.Tensor:
     if inputs.shape.rank != 2:
       raise ValueError(f'LinearLayer expects [batch, features], got shape {inputs.shape}.')
     outputs = self.dense(inputs)
@@ -55,7 +56,7 @@ class LinearLayer(keras.layers.Layer):
     return outputs
 
 
-def selector_index(ft_proj_selector, num_proj_layers):
+def selector_index(ft_proj_selector: int, num_proj_layers: int) -> int:
   """A projection-head layer as a position 0..num_proj_layers: negative ones count from the end, as in the
   authors' code (their -1, "the final layer", indexes the list of the head's input and layer outputs)."""
   return ft_proj_selector + num_proj_layers + 1 if ft_proj_selector < 0 else ft_proj_selector
@@ -70,7 +71,8 @@ class ProjectionHead(resnet.Layer):
   [input, layer 1, ..., layer n]: SimCLRv2 fine-tunes from the middle of the head (selector 1); -1 is layer n.
   """
 
-  def __init__(self, mode, num_layers, out_dim, ft_proj_selector, global_bn, batch_norm_decay, **kwargs):
+  def __init__(self, mode: str, num_layers: int, out_dim: int, ft_proj_selector: int, global_bn: bool,
+               batch_norm_decay: float, **kwargs) -> None:
     """`num_layers`: the head's layers whatever its mode (ModelConfig.projection_layers); the settings are
     checked by config.check_model."""
     super().__init__(**kwargs)
@@ -88,7 +90,7 @@ class ProjectionHead(resnet.Layer):
     else:
       self.linear_layers = []
 
-  def call(self, inputs, training=None):
+  def call(self, inputs: tf.Tensor, training: typing.Optional[bool] = None) -> tuple[tf.Tensor, tf.Tensor]:
     hiddens = [inputs]
     for j, layer in enumerate(self.linear_layers):
       h = layer(hiddens[-1], training=training)
@@ -101,11 +103,11 @@ class ProjectionHead(resnet.Layer):
 class SupervisedHead(keras.layers.Layer):
   """Linear classifier on top of the representation (or the selected projection-head layer)."""
 
-  def __init__(self, num_classes, zero_init=False, name='head_supervised', **kwargs):
+  def __init__(self, num_classes: int, zero_init: bool = False, name: str = 'head_supervised', **kwargs) -> None:
     super().__init__(name=name, **kwargs)
     self.linear_layer = LinearLayer(num_classes, zero_init=zero_init, name='linear_layer')
 
-  def call(self, inputs, training=None):
+  def call(self, inputs: tf.Tensor, training: typing.Optional[bool] = None) -> tf.Tensor:
     return self.linear_layer(inputs, training=training)
 
 
@@ -124,7 +126,7 @@ class SimCLRModel(keras.Model):
   """
 
   def __init__(self, num_classes: typing.Optional[int], settings: config_lib.ModelConfig, train_mode: str = 'pretrain',
-               name: str = 'simclr', **kwargs):
+               name: str = 'simclr', **kwargs) -> None:
     """`settings`: the network (`cifar_stem` resolved to a bool, `global_bn` as it should act); `num_classes`
     of the supervised head, None without one."""
     super().__init__(name=name, **kwargs)
@@ -148,7 +150,7 @@ class SimCLRModel(keras.Model):
     self.supervised_head = (
         SupervisedHead(num_classes, zero_init=s.zero_init_logits_layer) if has_supervised_head else None)
 
-  def call(self, inputs, training=None):
+  def call(self, inputs: tf.Tensor, training: typing.Optional[bool] = None) -> dict[str, typing.Optional[tf.Tensor]]:
     channels = inputs.shape[-1]
     if channels is None or channels % 3:
       raise ValueError(f'Input channels must be a static multiple of 3 (views stacked on channels), got '
@@ -170,7 +172,7 @@ class SimCLRModel(keras.Model):
 
 
 @contextlib.contextmanager
-def dtype_policy(precision):
+def dtype_policy(precision: str) -> typing.Iterator[None]:
   """Layers created (and built) inside take this Keras dtype policy; the global one is restored after.
 
   Keras 3 has no per-model policy that reaches sublayers created in `__init__`, hence a scope.
@@ -185,7 +187,7 @@ def dtype_policy(precision):
     keras.config.set_dtype_policy(previous)
 
 
-def in_float32(model, strategy=None):
+def in_float32(model: SimCLRModel, strategy: typing.Optional[tf.distribute.Strategy] = None) -> SimCLRModel:
   """`model` if it computes in float32, else the same network built in float32 (in `strategy`'s scope) holding
   its weights: what an evaluation or export computes is what the weights mean, whatever number format trained
   them."""
@@ -199,7 +201,7 @@ def in_float32(model, strategy=None):
   return twin
 
 
-def resolve_precision(precision, use_tpu=False):
+def resolve_precision(precision: str, use_tpu: bool = False) -> tuple[str, str]:
   """(Keras dtype policy, why): `precision` itself, or for 'auto' the number format this hardware is fast at
   (runtime.choose_precision, from the TPU flag, the GPUs' compute capabilities and the CPU's features)."""
   if precision != 'auto':
@@ -210,7 +212,7 @@ def resolve_precision(precision, use_tpu=False):
   return chosen, f'--precision=auto: {why}'
 
 
-def build(cfg, num_classes, num_replicas=1):
+def build(cfg: config_lib.Config, num_classes: typing.Optional[int], num_replicas: int = 1) -> SimCLRModel:
   """The SimCLR model of `cfg` (its model group, train mode and image size), with its variables created (a
   forward pass) so checkpoints can be restored into it. Synchronized BatchNorm only when there is something to
   synchronize: on one replica it computes the same thing, slower."""

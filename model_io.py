@@ -3,6 +3,8 @@ nothing, for any file architecture.inspect read), this project's SavedModel expo
 SavedModel, with the authors' interface), and resuming from training checkpoints (damaged ones skipped).
 """
 
+import typing
+
 from absl import logging
 import tensorflow as tf
 
@@ -12,7 +14,7 @@ import progress
 import rundir
 
 
-def restore(model, file, supervised_head=True):
+def restore(model: model_lib.SimCLRModel, file: architecture.ModelFile, supervised_head: bool = True) -> int:
   """Places the file's weights into `model` (built for `file.architecture`), all or nothing.
 
   Every encoder and projection-head variable of the file goes to the variable with the same structural key
@@ -45,12 +47,13 @@ def restore(model, file, supervised_head=True):
 # ------------------------------------------------------------------------------------------- a file's model
 
 
-def as_file_config(cfg, file):
+def as_file_config(cfg: 'config_lib.Config', file: architecture.ModelFile) -> 'config_lib.Config':
   """`cfg` that builds the file's network with its heads as they are (eval, export, embedding plot, teacher)."""
   return cfg.replace(**file.architecture.as_is_flags())
 
 
-def load(cfg, strategy, file, role='Loaded'):
+def load(cfg: 'config_lib.Config', strategy: tf.distribute.Strategy, file: architecture.ModelFile,
+         role: str = 'Loaded') -> model_lib.SimCLRModel:
   """The model of a file with all its weights (heads included), for using it as it is; says what it loaded."""
   with strategy.scope():
     model = model_lib.build(as_file_config(cfg, file), file.architecture.num_classes or 1,
@@ -77,7 +80,7 @@ class ExportModule(tf.__internal__.tracking.AutoTrackable):
 
   INPUT_DTYPES = (tf.float32, tf.float64, tf.uint8)
 
-  def __init__(self, model):
+  def __init__(self, model: model_lib.SimCLRModel) -> None:
     super().__init__()
     self.model = model
     self.variables = list(model.variables)
@@ -94,7 +97,7 @@ class ExportModule(tf.__internal__.tracking.AutoTrackable):
     images = tf.cast(images, tf.float32) / 255.0 if images.dtype == tf.uint8 else tf.cast(images, tf.float32)
     return self._forward(images, trainable if training is None else training)
 
-  def trace(self):
+  def trace(self) -> typing.Callable[[tf.Tensor], dict]:
     """Traces every (dtype, trainable, training) the SavedModel answers; returns the serving function."""
     for dtype in self.INPUT_DTYPES:
       spec = tf.TensorSpec([None, None, None, 3], dtype, name='images')
@@ -105,7 +108,7 @@ class ExportModule(tf.__internal__.tracking.AutoTrackable):
     return tf.function(lambda images: self(images, trainable=False), input_signature=[spec])
 
 
-def export(model, model_dir, step, keep=1):
+def export(model: model_lib.SimCLRModel, model_dir: str, step: int, keep: int = 1) -> str:
   """Writes model_dir's `saved_model/<step>/` atomically, computing in float32 (model.in_float32); keeps the
   newest `keep` exports; returns the path."""
   module = ExportModule(model_lib.in_float32(model))
@@ -121,7 +124,7 @@ def export(model, model_dir, step, keep=1):
 # ------------------------------------------------------------------------------------------- training checkpoints
 
 
-def restore_latest(checkpoint, model_dir):
+def restore_latest(checkpoint: tf.train.Checkpoint, model_dir: str) -> typing.Optional[str]:
   """Restores the newest readable checkpoint of model_dir into `checkpoint` (model and optimizer). One that
   cannot be read -- a data file truncated by a full disk or an interrupted copy -- is skipped with a warning
   naming it. Returns the restored path, None when there is no checkpoint; raises when none is readable."""
@@ -143,7 +146,7 @@ def restore_latest(checkpoint, model_dir):
   return None
 
 
-def readable(path):
+def readable(path: str) -> bool:
   """Whether every tensor of a checkpoint can be read (a truncated data file fails here); warns if not."""
   try:
     reader = tf.train.load_checkpoint(path)
@@ -155,7 +158,7 @@ def readable(path):
   return True
 
 
-def read_training_checkpoint(model, path):
+def read_training_checkpoint(model: model_lib.SimCLRModel, path: str) -> typing.Optional[int]:
   """Reads the model of a training checkpoint; returns its step, or None (with a warning) if it is unreadable."""
   try:
     tf.train.Checkpoint(model=model).read(path).assert_existing_objects_matched().expect_partial()

@@ -15,7 +15,7 @@ import tensorflow as tf
 LARGE_NUM = 1e9
 
 
-def _replica_info():
+def _replica_info() -> tuple[tf.distribute.ReplicaContext, int]:
   """(the current tf.distribute replica context, its number of replicas in sync)."""
   context = tf.distribute.get_replica_context()
   if context is None:
@@ -24,7 +24,8 @@ def _replica_info():
   return context, context.num_replicas_in_sync
 
 
-def contrastive_loss(hidden, hidden_norm=True, temperature=1.0):
+def contrastive_loss(hidden: tf.Tensor, hidden_norm: bool = True, temperature: float = 1.0
+                     ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
   """NT-Xent with negatives from every replica.
 
   Args:
@@ -68,13 +69,13 @@ def contrastive_loss(hidden, hidden_norm=True, temperature=1.0):
   return loss, logits_ab, labels
 
 
-def supervised_loss(labels, logits):
+def supervised_loss(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
   """Mean softmax cross-entropy over the local batch; `labels` one-hot (or soft) `[B, C]`, logits float32."""
   logits = tf.cast(logits, tf.float32)
   return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(tf.cast(labels, tf.float32), logits))
 
 
-def distillation_loss(teacher_logits, student_logits, temperature=1.0):
+def distillation_loss(teacher_logits: tf.Tensor, student_logits: tf.Tensor, temperature: float = 1.0) -> tf.Tensor:
   """SimCLRv2 eq. 3: -sum_y p_T(y; t) log p_S(y; t), both softmaxes at temperature t, mean over the batch."""
   teacher_probs = tf.nn.softmax(tf.cast(teacher_logits, tf.float32) / temperature)
   return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(

@@ -65,7 +65,7 @@ class WarmUpAndDecay(keras.optimizers.schedules.LearningRateSchedule):
   """
 
   def __init__(self, peak: float, warmup_steps: int, total_steps: int, decay: str = 'cosine',
-               name: str = 'WarmUpAndDecay'):
+               name: str = 'WarmUpAndDecay') -> None:
     if decay not in config_lib.LR_DECAYS:
       raise ValueError(f'learning_rate_decay must be one of {config_lib.LR_DECAYS}, got {decay!r}.')
     if warmup_steps < 0 or total_steps < 1:
@@ -83,7 +83,7 @@ class WarmUpAndDecay(keras.optimizers.schedules.LearningRateSchedule):
   def set_total_steps(self, total_steps: int) -> None:
     self._total_steps.assign(float(total_steps))
 
-  def __call__(self, step):
+  def __call__(self, step: typing.Union[int, tf.Tensor]) -> tf.Tensor:
     step = tf.cast(step, tf.float32)
     warmup = float(self.warmup_steps)
     rising = self.peak * step / warmup if self.warmup_steps else tf.constant(self.peak)
@@ -115,8 +115,9 @@ def schedule(optim: 'config_lib.OptimConfig', num_examples: int, total_steps: ty
 # ------------------------------------------------------------------------------------------- optimizer
 
 
-def build_optimizer(name: str, learning_rate, momentum: float = 0.9, weight_decay: float = 0.0,
-                    precision: str = 'float32') -> keras.optimizers.Optimizer:
+def build_optimizer(name: str, learning_rate: typing.Union[float, keras.optimizers.schedules.LearningRateSchedule],
+                    momentum: float = 0.9, weight_decay: float = 0.0, precision: str = 'float32'
+                    ) -> keras.optimizers.Optimizer:
   """The optimizer the paper's flags name; only LARS applies weight decay itself (the module's rule).
 
   Under mixed_float16 it is wrapped in Keras' dynamic `LossScaleOptimizer`: gradients of the scaled loss

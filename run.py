@@ -48,7 +48,7 @@ FLAGS = flags.FLAGS
 _FLAG_KINDS = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string}
 
 
-def _define_flags():
+def _define_flags() -> None:
   for _, field in config_lib.fields():
     kind = next(t for t in typing.get_args(field.type) or (field.type,) if t is not type(None))
     if field.metadata['choices']:
@@ -60,7 +60,7 @@ def _define_flags():
 _define_flags()
 
 
-def config_from_flags():
+def config_from_flags() -> tuple[config_lib.Config, frozenset[str]]:
   """(the Config of the command line, the names of the flags given on it or in a --flagfile)."""
   names = [field.name for _, field in config_lib.fields()]
   return (config_lib.Config.from_flat({name: getattr(FLAGS, name) for name in names}),
@@ -70,7 +70,7 @@ def config_from_flags():
 # ------------------------------------------------------------------------------------------- inputs
 
 
-def run_flags(cfg, explicit):
+def run_flags(cfg: config_lib.Config, explicit: typing.Collection[str]) -> config_lib.Config:
   """--mode=eval / embed_plot / export of model_dir: the run's own settings (model, weight decay, label
   fraction, data...) from its flags.json, except those given here and those of the evaluation itself."""
   if cfg.run.mode not in ('eval', 'embed_plot', 'export') or cfg.run.checkpoint:
@@ -83,7 +83,7 @@ def run_flags(cfg, explicit):
   return cfg.replace(**inherited)
 
 
-def check_own_run(cfg):
+def check_own_run(cfg: config_lib.Config) -> None:
   """A training command continues, reports or overwrites only its own run: when model_dir holds a run whose
   flags.json differs in a setting that defines the run, it stops before any work, naming the differences."""
   r = cfg.run
@@ -103,7 +103,7 @@ def check_own_run(cfg):
         'that run\'s own flags to resume it.')
 
 
-def check_model_dir(cfg):
+def check_model_dir(cfg: config_lib.Config) -> None:
   """The checkpoint a mode needs is there: --checkpoint, or one in model_dir."""
   r = cfg.run
   has_checkpoint = lambda: bool(rundir.checkpoint_paths(r.model_dir))
@@ -119,7 +119,8 @@ def check_model_dir(cfg):
         f'--mode=eval found no checkpoint in --model_dir={r.model_dir} (and --eval_timeout=0).')
 
 
-def model_file(cfg, flag, read=architecture.inspect):
+def model_file(cfg: config_lib.Config, flag: str,
+               read: typing.Callable[[str], typing.Any] = architecture.inspect) -> typing.Any:
   """`read(path)` of --checkpoint / --teacher (`architecture.inspect`, or `architecture.resolve` to check the
   path without running TensorFlow), None without the flag; a bad path or file is a UsageError naming the flag."""
   path = getattr(cfg.run, flag)
@@ -132,7 +133,8 @@ def model_file(cfg, flag, read=architecture.inspect):
         f'--{flag}={error}' if str(error).startswith(path) else f'--{flag}={path}: {error}') from None
 
 
-def check_classifiers(cfg, files, source):
+def check_classifiers(cfg: config_lib.Config, files: dict[str, typing.Optional[architecture.ModelFile]],
+                      source: data_lib.Source) -> None:
   """The classifier a run uses as it is -- the --teacher's, or --checkpoint's under --mode=eval -- must exist
   and predict the dataset's classes."""
   for flag, used in (('teacher', cfg.run.train_mode == 'distill'), ('checkpoint', cfg.run.mode == 'eval')):
@@ -150,7 +152,7 @@ def check_classifiers(cfg, files, source):
 # ------------------------------------------------------------------------------------------- strategy
 
 
-def build_strategy(cfg):
+def build_strategy(cfg: config_lib.Config) -> tf.distribute.Strategy:
   """TPUStrategy with --use_tpu; MultiWorkerMirroredStrategy when TF_CONFIG names several workers;
   MirroredStrategy over several local GPUs; else the default (one device)."""
   r = cfg.run
@@ -179,7 +181,7 @@ def build_strategy(cfg):
   return strategy
 
 
-def resolve_precision(cfg):
+def resolve_precision(cfg: config_lib.Config) -> config_lib.Config:
   """--precision=auto as the number format this hardware is fast at (model.resolve_precision), so flags.json
   records what ran; -v says which and why. Evaluations and exports compute in float32: what the weights mean,
   measured the same way on every machine."""
@@ -192,7 +194,7 @@ def resolve_precision(cfg):
   return cfg.replace(precision=precision)
 
 
-def is_chief(strategy):
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
   """Only the chief writes checkpoints, summaries, results and exports."""
   resolver = getattr(strategy, 'cluster_resolver', None)
   if resolver is None or not resolver.task_type:
@@ -203,7 +205,8 @@ def is_chief(strategy):
 # ------------------------------------------------------------------------------------------- modes
 
 
-def export_file(cfg, strategy, files, explicit):
+def export_file(cfg: config_lib.Config, strategy: tf.distribute.Strategy,
+                files: dict[str, typing.Optional[architecture.ModelFile]], explicit: typing.Collection[str]) -> None:
   """--mode=export of --checkpoint (or model_dir's latest checkpoint), no training: this project's SavedModel, or
   the PyTorch / ONNX export (torch_export.py, which reads the file's weights without building the TF model)."""
   file = files['checkpoint'] or architecture.inspect(cfg.run.model_dir)
@@ -220,7 +223,7 @@ def export_file(cfg, strategy, files, explicit):
   print(f'Exported {file.describe()} to {path}', flush=True)
 
 
-def finished_run(cfg, num_examples):
+def finished_run(cfg: config_lib.Config, num_examples: int) -> typing.Optional[int]:
   """The step of a finished run in model_dir (its final checkpoint, and its results for train_then_eval), or None."""
   paths = rundir.checkpoint_paths(cfg.run.model_dir)
   step = rundir.checkpoint_step(paths[-1]) if paths else None
@@ -232,7 +235,9 @@ def finished_run(cfg, num_examples):
   return step
 
 
-def train_and_evaluate(cfg, strategy, source, chief, num_examples, subset_ids, files):
+def train_and_evaluate(cfg: config_lib.Config, strategy: tf.distribute.Strategy, source: data_lib.Source, chief: bool,
+                       num_examples: int, subset_ids: typing.Optional[list[str]],
+                       files: dict[str, typing.Optional[architecture.ModelFile]]) -> None:
   """--mode=train: training. --mode=train_then_eval: training, then (pretraining) the linear evaluation on frozen
   features, the evaluation of the classifier, its results and the step's SavedModel export."""
   model, step = train.train(cfg, strategy, source, chief, num_examples, subset_ids, files)
@@ -251,7 +256,7 @@ def train_and_evaluate(cfg, strategy, source, chief, num_examples, subset_ids, f
   print(f'Results: {rundir.result_path(cfg.run.model_dir)}', flush=True)
 
 
-def main(argv):
+def main(argv: typing.Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if DETAIL:

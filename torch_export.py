@@ -15,6 +15,7 @@ Names: a weight's torch name is its structural key (architecture.py) with '/' as
 import json
 import os
 import shutil
+import typing
 import warnings
 
 import numpy as np
@@ -34,7 +35,7 @@ _LEAVES = {'kernel': 'weight', 'bias': 'bias', 'gamma': 'weight', 'beta': 'bias'
 TORCHVISION_DEPTHS = (50, 101, 152)
 
 
-def torch_name(key):
+def torch_name(key: str) -> str:
   """A structural key's torch name: `_projection_head/linear_layers/0/dense/kernel` ->
   `projection_head.linear_layers.0.dense.weight`."""
   parts = key.split('/')
@@ -43,7 +44,7 @@ def torch_name(key):
   return '.'.join(parts)
 
 
-def torch_state(file):
+def torch_state(file: architecture.ModelFile) -> dict[str, np.ndarray]:
   """{torch name: numpy array} of every variable of `file` (architecture.ModelFile), in PyTorch's layouts, with
   what PyTorch's BatchNorm has and TF's may not: a zero beta where TF's has none (center=False), and
   `num_batches_tracked`."""
@@ -64,7 +65,7 @@ def torch_state(file):
   return state
 
 
-def torch_config(file):
+def torch_config(file: architecture.ModelFile) -> dict:
   """config.json: what simclr_torch.SimCLR builds (channel counts come from the weights' shapes)."""
   arch = file.architecture
   block, blocks = resnet_shapes.ARCHITECTURES[arch.resnet_depth]
@@ -96,7 +97,7 @@ def torch_config(file):
   }
 
 
-def torchvision_state(state, config):
+def torchvision_state(state: dict[str, np.ndarray], config: dict) -> typing.Optional[dict[str, np.ndarray]]:
   """The encoder (and a classifier on its pooled features, `fc`) under torchvision.models.resnet50/101/152's key
   names, or None when the network is not one of those (CIFAR stem, selective kernels, squeeze-excitation, other
   widths or depths). torchvision's stem max-pool pads 1 on each side where TensorFlow pads 0 and 1: replace it
@@ -125,7 +126,7 @@ def torchvision_state(state, config):
   return renamed
 
 
-def _write(model_dir, step, export_format, keep, write):
+def _write(model_dir: str, step: int, export_format: str, keep: int, write: typing.Callable[[str], None]) -> str:
   """rundir.replace_export of `<model_dir>/<format>/<step>/`, the newest `keep` kept; a full disk (or any other
   write error) is one line naming the export, with nothing left under its name."""
   final = rundir.export_path(model_dir, step, export_format)
@@ -138,7 +139,7 @@ def _write(model_dir, step, export_format, keep, write):
   return final
 
 
-def export_torch(file, model_dir, keep=1):
+def export_torch(file: architecture.ModelFile, model_dir: str, keep: int = 1) -> str:
   """Writes `<model_dir>/torch/<step>/` for `file` (architecture.ModelFile); returns the path."""
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   state, config = torch_state(file), torch_config(file)
@@ -156,7 +157,8 @@ def export_torch(file, model_dir, keep=1):
   return _write(model_dir, file.step, 'torch', keep, write)
 
 
-def export_onnx(file, model_dir, keep=1, image_size=None):
+def export_onnx(file: architecture.ModelFile, model_dir: str, keep: int = 1,
+                image_size: typing.Optional[int] = None) -> str:
   """Writes `<model_dir>/onnx/<step>/model.onnx` for `file`: simclr_torch's module through torch.onnx.export,
   one input `images` [batch, 3, S, S] -- S: `image_size`, by default 32 for the CIFAR stem and 224 otherwise;
   the padding of the stem's 'SAME' max-pool is fixed for it -- and the endpoints as named outputs."""

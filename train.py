@@ -43,7 +43,8 @@ MAX_MEASURE_FRACTION = 0.1  # ... or this fraction of the budget has passed
 
 
 def build_training(cfg: config_lib.Config, strategy: tf.distribute.Strategy, num_classes: int, num_examples: int,
-                   total_steps: typing.Optional[int] = None):
+                   total_steps: typing.Optional[int] = None
+                   ) -> tuple[model_lib.SimCLRModel, keras.optimizers.Optimizer, optimization.WarmUpAndDecay]:
   """(model, optimizer, learning-rate schedule) with all variables created (call in strategy.scope()).
   `total_steps`: the steps a time budget fixed, if it did."""
   o = cfg.optim
@@ -56,7 +57,8 @@ def build_training(cfg: config_lib.Config, strategy: tf.distribute.Strategy, num
   return model, optimizer, schedule
 
 
-def initialise_from(cfg: config_lib.Config, model: model_lib.SimCLRModel, file, num_classes: int) -> None:
+def initialise_from(cfg: config_lib.Config, model: model_lib.SimCLRModel, file: 'architecture.ModelFile',
+                    num_classes: int) -> None:
   """Fine-tuning, linear evaluation or pretraining from a model file (architecture.ModelFile): encoder and
   projection head, and the supervised head where it fits (same classes, same input); else the head is new."""
   m = cfg.model
@@ -73,7 +75,8 @@ def initialise_from(cfg: config_lib.Config, model: model_lib.SimCLRModel, file, 
       variable.assign(tf.zeros_like(variable))
 
 
-def load_teacher(cfg: config_lib.Config, strategy: tf.distribute.Strategy, file) -> typing.Callable:
+def load_teacher(cfg: config_lib.Config, strategy: tf.distribute.Strategy,
+                 file: 'architecture.ModelFile') -> typing.Callable:
   """`teacher(images) -> logits` from the --teacher file (its own network; the model flags are the student's)."""
   teacher = model_io.load(cfg, strategy, file, role='Teacher:')
   return lambda images: teacher(images, training=False)['logits_sup']
@@ -245,7 +248,7 @@ class Trainer:
   """
 
   def __init__(self, cfg: config_lib.Config, strategy: tf.distribute.Strategy, source: data_lib.Source, chief: bool,
-               num_examples: int, subset_ids: typing.Optional[list], files: dict):
+               num_examples: int, subset_ids: typing.Optional[list], files: dict) -> None:
     self.started = time.monotonic()  # a time budget counts from here: building, compiling and all
     self.cfg, self.strategy, self.source, self.chief = cfg, strategy, source, chief
     d, o, r = cfg.data, cfg.optim, cfg.run
@@ -422,7 +425,7 @@ class Trainer:
     return (step >= self.schedule.warmup_steps and len(speeds) >= 3 and
             abs(speeds[-1] - speeds[-2]) <= SETTLED_SPEED * speeds[-2])
 
-  def _timed(self, what: str, work: typing.Callable, *args):
+  def _timed(self, what: str, work: typing.Callable, *args) -> typing.Any:
     """`work(*args)`, its duration kept in `self.seconds_of[what]` (what a time budget accounts for)."""
     start = time.monotonic()
     result = work(*args)
