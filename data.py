@@ -32,7 +32,7 @@ import shapes_dataset
 
 DataError = image_folder.DataError  # data.DataError: what every data problem raises
 
-EMBEDDED_DATASET = shapes_dataset.NAME
+EMBEDDED_DATASET = config_lib.EMBEDDED_DATASET
 FOLDER_HINT = 'or pass an image folder laid out <root>/<split>/<class>/<image> as --dataset=/path/to/root'
 
 
@@ -330,6 +330,8 @@ def build_dataset(source: Source, split: str, batch_size: int, settings: config_
     ds = ds.cache()
   if is_training:
     ds = ds.shuffle(shuffle_buffer).repeat()
+  if is_training and train_mode is None:
+    raise ValueError('build_dataset(is_training=True) needs the train_mode (how many views a batch holds).')
   views = config_lib.TRAIN_MODE[train_mode].views if is_training else 1
   pretrain = views == 2
   eval_crop = image_size > 32  # the authors do not crop images of 32 px or less for eval

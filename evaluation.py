@@ -169,10 +169,10 @@ def embedding_plot(cfg: config_lib.Config, strategy: tf.distribute.Strategy, sou
 
 
 def eval_checkpoints(cfg: config_lib.Config, strategy: tf.distribute.Strategy, source: data_lib.Source, chief: bool,
-                     last_step: typing.Optional[int]) -> None:
-  """--mode=eval of model_dir: evaluates its latest checkpoint, then each newer one as it appears, until
-  `last_step` (None: unknown, a time budget not fixed yet) or --eval_timeout seconds without a new one.
-  Unreadable checkpoints are skipped (warning)."""
+                     last_step: typing.Callable[[], typing.Optional[int]]) -> None:
+  """--mode=eval of model_dir: evaluates its latest checkpoint, then each newer one as it appears, until the
+  run's last step (`last_step()`, asked again after each evaluation: a time budget fixes and refits it; None
+  while unknown) or --eval_timeout seconds without a new one. Unreadable checkpoints are skipped (warning)."""
   model_dir = cfg.run.model_dir
   with strategy.scope():
     model = model_lib.build(cfg, max(source.num_classes, 1), strategy.num_replicas_in_sync)
@@ -190,7 +190,8 @@ def eval_checkpoints(cfg: config_lib.Config, strategy: tf.distribute.Strategy, s
           export_once(model, cfg, step)
         results.append(result)
         print(result_lines(cfg, result)[0], flush=True)
-        if last_step is not None and step >= last_step:
+        last = last_step()
+        if last is not None and step >= last:
           break
       idle_since = time.monotonic()
     elif time.monotonic() - idle_since >= cfg.eval.eval_timeout:

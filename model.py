@@ -138,7 +138,6 @@ class SimCLRModel(keras.Model):
       raise ValueError(f'num_classes must be >= 1 for a supervised head, got {num_classes}.')
     self.num_classes = num_classes
     self.train_mode = train_mode
-    self.linear_eval_endpoint = s.linear_eval_endpoint
     bn_args = dict(global_bn=s.global_bn, batch_norm_decay=s.batch_norm_decay)
     self.resnet_model = resnet.resnet(
         s.resnet_depth, s.width_multiplier, cifar_stem=bool(s.cifar_stem), sk_ratio=s.sk_ratio, se_ratio=s.se_ratio,
@@ -162,7 +161,7 @@ class SimCLRModel(keras.Model):
     logits_sup = None
     if self.supervised_head is not None:
       if self.mode.frozen_encoder:  # the paper's protocol: a linear classifier on frozen features
-        features = outputs[self.linear_eval_endpoint]
+        features = outputs[self.settings.linear_eval_endpoint]
         supervised_head_input = features if features.shape.rank == 2 else tf.reduce_mean(features, [1, 2])
       if not self.mode.head_trains_encoder:
         supervised_head_input = tf.stop_gradient(supervised_head_input)
@@ -177,8 +176,8 @@ def dtype_policy(precision: str) -> typing.Iterator[None]:
 
   Keras 3 has no per-model policy that reaches sublayers created in `__init__`, hence a scope.
   """
-  if precision not in config_lib.PRECISIONS[1:]:
-    raise ValueError(f'precision must be one of {config_lib.PRECISIONS[1:]}, got {precision!r}.')
+  if precision not in config_lib.POLICIES:
+    raise ValueError(f'precision must be one of {config_lib.POLICIES}, got {precision!r}.')
   previous = keras.config.dtype_policy()
   keras.config.set_dtype_policy(precision)
   try:

@@ -107,9 +107,6 @@ class Progress:
       self.bar = keras.utils.Progbar(total_steps, stateful_metrics=[label for _, label, _ in self._columns] +
                                      ['img/s', 'lr'])
 
-  def columns(self) -> list[tuple[str, str, str]]:
-    return list(self._columns)
-
   def update(self, step: int, seconds: float, values: dict[str, float], learning_rate: float) -> None:
     steps_done = max(step - self.last_step, 1)
     self.last_step = step

@@ -85,7 +85,8 @@ def run_flags(cfg: config_lib.Config, explicit: typing.Collection[str]) -> confi
 
 def check_own_run(cfg: config_lib.Config) -> None:
   """A training command continues, reports or overwrites only its own run: when model_dir holds a run whose
-  flags.json differs in a setting that defines the run, it stops before any work, naming the differences."""
+  flags.json differs in a setting that defines the run, it stops before a model is built or anything is written,
+  naming the differences."""
   r = cfg.run
   if r.mode not in ('train', 'train_then_eval'):
     return
@@ -94,6 +95,9 @@ def check_own_run(cfg: config_lib.Config) -> None:
   except ValueError:
     raise config_lib.UsageError(f'{rundir.flags_path(r.model_dir)} is not readable JSON: move it away, or give '
                                 'a new --model_dir.') from None
+  if saved is not None and not isinstance(saved, dict):
+    raise config_lib.UsageError(f'{rundir.flags_path(r.model_dir)} holds no settings: move it away, or give a new '
+                                '--model_dir.')
   differences = config_lib.run_differences(saved, cfg) if saved is not None else []
   if differences:
     listed = '; '.join(f'--{name}={theirs} there, {ours} here' for name, theirs, ours in differences[:4])
@@ -181,14 +185,25 @@ def build_strategy(cfg: config_lib.Config) -> tf.distribute.Strategy:
   return strategy
 
 
-def resolve_precision(cfg: config_lib.Config) -> config_lib.Config:
+def resolve_precision(cfg: config_lib.Config, explicit: typing.Collection[str]) -> config_lib.Config:
   """--precision=auto as the number format this hardware is fast at (model.resolve_precision), so flags.json
-  records what ran; -v says which and why. Evaluations and exports compute in float32: what the weights mean,
-  measured the same way on every machine."""
+  records what ran; a run resumes in the format it started in (a mixed_float16 optimizer is another object),
+  unless --precision is given. Evaluations and exports compute in float32: what the weights mean, measured the
+  same way on every machine. -v says which format and why."""
   if cfg.run.mode in ('eval', 'embed_plot', 'export'):
     precision, why = 'float32', f'--mode={cfg.run.mode} computes in float32'
+    if 'precision' in explicit and cfg.model.precision not in ('auto', 'float32'):
+      logging.warning('--precision=%s is not used: --mode=%s computes in float32.', cfg.model.precision,
+                      cfg.run.mode)
   else:
-    precision, why = model_lib.resolve_precision(cfg.model.precision, cfg.run.use_tpu)
+    try:
+      saved = rundir.read_flags(cfg.run.model_dir) if 'precision' not in explicit else None
+    except ValueError:
+      saved = None  # check_own_run names the damaged file
+    if isinstance(saved, dict) and saved.get('precision') in config_lib.POLICIES:
+      precision, why = saved['precision'], f'the run in {cfg.run.model_dir} started in it'
+    else:
+      precision, why = model_lib.resolve_precision(cfg.model.precision, cfg.run.use_tpu)
   if DETAIL:
     progress.status(f'Precision: {precision} ({why}).')
   return cfg.replace(precision=precision)
@@ -218,8 +233,9 @@ def export_file(cfg: config_lib.Config, strategy: tf.distribute.Strategy,
     if cfg.run.export_format == 'torch':
       path = torch_export.export_torch(file, cfg.run.model_dir, cfg.run.keep_hub_module_max)
     else:
+      run_size = files['checkpoint'] is None and rundir.has_flags(cfg.run.model_dir)  # the run's own, inherited
       path = torch_export.export_onnx(file, cfg.run.model_dir, cfg.run.keep_hub_module_max,
-                                      cfg.data.image_size if 'image_size' in explicit else None)
+                                      cfg.data.image_size if 'image_size' in explicit or run_size else None)
   print(f'Exported {file.describe()} to {path}', flush=True)
 
 
@@ -274,32 +290,32 @@ def main(argv: typing.Sequence[str]) -> None:
     for flag in ('checkpoint', 'teacher'):
       model_file(cfg, flag, architecture.resolve)
     strategy = build_strategy(cfg)  # before TensorFlow runs anything (multi-worker and TPU need it first)
-    cfg = resolve_precision(cfg)
+    cfg = resolve_precision(cfg, explicit)
     files = {flag: model_file(cfg, flag) for flag in ('checkpoint', 'teacher')}
     if files['checkpoint'] is not None:
       cfg = config_lib.adopt_architecture(cfg, explicit, files['checkpoint'])
     config_lib.validate(cfg, strategy.num_replicas_in_sync)
-    check_own_run(cfg)
     if cfg.run.mode == 'export':  # needs no data
       return export_file(cfg, strategy, files, explicit)
     progress.status(f'Preparing data: {cfg.data.dataset}...')
     source = data_lib.load_source(cfg.data.dataset, cfg.data.data_dir, cfg.data.strict_images)
     check_classifiers(cfg, files, source)
+    if cfg.model.lineareval_while_pretraining and source.num_classes == 0 and cfg.run.train_mode == 'pretrain':
+      logging.warning('%s has no labels: no online linear evaluation.', source.name)
+      cfg = cfg.replace(lineareval_while_pretraining=False)
+    check_own_run(cfg)  # the run's settings as they will be recorded; before any model is built
     num_examples, subset_ids = train.training_examples(cfg, source)
   except (config_lib.UsageError, data_lib.DataError, architecture.ModelFileError) as error:
     sys.exit(f'Error: {error}')
   progress.status(f'Data: {source.name}, ' + ', '.join(f'{n:,} {split}' for split, n in source.split_sizes.items()) +
                   f' images, {source.num_classes} classes.')
-  if cfg.model.lineareval_while_pretraining and source.num_classes == 0 and cfg.run.train_mode == 'pretrain':
-    logging.warning('%s has no labels: no online linear evaluation.', source.name)
-    cfg = cfg.replace(lineareval_while_pretraining=False)
   chief = is_chief(strategy)
   r = cfg.run
   try:
     if r.mode == 'eval' and files['checkpoint'] is not None:
       evaluation.eval_file(cfg, strategy, source, chief, files['checkpoint'])
     elif r.mode == 'eval':
-      evaluation.eval_checkpoints(cfg, strategy, source, chief, train.planned_steps(cfg, num_examples))
+      evaluation.eval_checkpoints(cfg, strategy, source, chief, lambda: train.planned_steps(cfg, num_examples))
     elif r.mode == 'embed_plot':
       path = evaluation.embedding_plot(cfg, strategy, source, files)
       print(f'Embedding plot (random encoder | trained): {path}', flush=True)

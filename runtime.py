@@ -122,6 +122,8 @@ def choose_precision(use_tpu: bool = False, gpu_compute_capabilities: typing.Seq
     return 'float32', f'{name} has no 16-bit tensor cores'
   features = cpu_features() if features is None else features
   units = sorted((features or set()) & set(BF16_CPU_FEATURES))
+  if units and os.environ.get(ONEDNN_VARIABLE) == '0':
+    return 'float32', f'{ONEDNN_VARIABLE}=0: Eigen\'s kernels emulate bfloat16, slower than float32'
   if units:
     return 'mixed_bfloat16', f'this CPU has bfloat16 units ({", ".join(units)})'
   return 'float32', 'this CPU has no bfloat16 units (AMX, AVX-512 BF16): bfloat16 would be emulated, slower'

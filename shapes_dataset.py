@@ -16,7 +16,9 @@ import typing
 import numpy as np
 import tensorflow_datasets as tfds
 
-NAME = 'simclr_shapes'
+import config as config_lib
+
+NAME = config_lib.EMBEDDED_DATASET
 IMAGE_SIZE = 32
 CLASS_NAMES = ('circle', 'square', 'triangle', 'plus', 'x_cross', 'ring', 'frame', 'star', 'half_disc',
                'diamond')

@@ -24,8 +24,6 @@ from torch import nn
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-ENDPOINTS = ('initial_conv', 'initial_max_pool', 'block_group1', 'block_group2', 'block_group3', 'block_group4',
-             'final_avg_pool')
 BATCH_NORM_EPSILON = 1e-5
 
 
@@ -265,7 +263,8 @@ def preprocess(images, size, crop_proportion=0.875):
     images = images[..., top:top + side, left:left + side]
   values = images.float()  # uint8 values are resized as they are, then scaled, as TensorFlow does
   if values.shape[-2:] != (size, size):
-    values = _bicubic_matrix(values.shape[-2], size) @ values @ _bicubic_matrix(values.shape[-1], size).T
+    rows, columns = (_bicubic_matrix(n, size).to(values.device) for n in values.shape[-2:])
+    values = rows @ values @ columns.T
   if images.dtype == torch.uint8:
     values = values * (1.0 / 255.0)
   return values.clamp(0.0, 1.0)

@@ -15,6 +15,7 @@ Names: a weight's torch name is its structural key (architecture.py) with '/' as
 import json
 import os
 import shutil
+import tempfile
 import typing
 import warnings
 
@@ -127,13 +128,25 @@ def torchvision_state(state: dict[str, np.ndarray], config: dict) -> typing.Opti
 
 
 def _write(model_dir: str, step: int, export_format: str, keep: int, write: typing.Callable[[str], None]) -> str:
-  """rundir.replace_export of `<model_dir>/<format>/<step>/`, the newest `keep` kept; a full disk (or any other
-  write error) is one line naming the export, with nothing left under its name."""
+  """`write(folder)` into a local temporary folder, copied (tf.io.gfile: gs:// too) into rundir.replace_export of
+  `<model_dir>/<format>/<step>/`, the newest `keep` kept; a full disk (or any other write error) is one line
+  naming the export, with nothing left under its name."""
   final = rundir.export_path(model_dir, step, export_format)
+
+  def write_and_copy(folder):
+    local = tempfile.mkdtemp(prefix='simclr-export-')
+    try:
+      write(local)
+      for name in sorted(os.listdir(local)):
+        tf.io.gfile.copy(os.path.join(local, name), os.path.join(folder, name), overwrite=True)
+    finally:
+      shutil.rmtree(local, ignore_errors=True)
+
   try:
-    rundir.replace_export(final, write)
+    rundir.replace_export(final, write_and_copy)
   except (OSError, tf.errors.OpError) as error:
-    shutil.rmtree(final + '.tmp', ignore_errors=True)
+    if tf.io.gfile.exists(final + '.tmp'):
+      tf.io.gfile.rmtree(final + '.tmp')
     raise architecture.ModelFileError(f'cannot write the export {final}: {architecture.first_line(error)}') from None
   rundir.keep_newest_exports(model_dir, keep, export_format)
   return final
@@ -141,7 +154,11 @@ def _write(model_dir: str, step: int, export_format: str, keep: int, write: typi
 
 def export_torch(file: architecture.ModelFile, model_dir: str, keep: int = 1) -> str:
   """Writes `<model_dir>/torch/<step>/` for `file` (architecture.ModelFile); returns the path."""
-  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  try:
+    from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise architecture.ModelFileError('--export_format=torch needs safetensors (requirements.txt): pip install '
+                                      'safetensors') from None
   state, config = torch_state(file), torch_config(file)
   torchvision = torchvision_state(state, config)
   config['torchvision'] = (f'torchvision.models.resnet{config["resnet_depth"]}' if torchvision else None)

@@ -37,6 +37,7 @@ FIRST_LOOP_STEPS = 5  # the first loop also compiles; the second measures the sp
 MEASURE_SECONDS = 10.0  # a time budget's speed is measured in loops of this length...
 SETTLED_SPEED = 0.03  # ... until two agree this closely (relative)...
 MAX_MEASURE_FRACTION = 0.1  # ... or this fraction of the budget has passed
+REFIT_UNTIL = 0.1  # the last step is fitted again at checkpoints until this fraction of the budget is left
 
 
 # ------------------------------------------------------------------------------------------- model and optimizer
@@ -48,6 +49,7 @@ def build_training(cfg: config_lib.Config, strategy: tf.distribute.Strategy, num
   """(model, optimizer, learning-rate schedule) with all variables created (call in strategy.scope()).
   `total_steps`: the steps a time budget fixed, if it did."""
   o = cfg.optim
+  cfg = cfg.replace(precision=model_lib.resolve_precision(cfg.model.precision, cfg.run.use_tpu)[0])  # one format
   model = model_lib.build(cfg, num_classes, strategy.num_replicas_in_sync)
   schedule = optimization.schedule(o, num_examples, total_steps)
   optimizer = optimization.build_optimizer(o.optimizer, schedule, o.momentum, o.weight_decay, cfg.model.precision)
@@ -179,8 +181,8 @@ def planned_steps(cfg: config_lib.Config, num_examples: int) -> typing.Optional[
   """The steps the run trains: from --train_steps or --train_epochs, or those its time budget fixed (None
   while they are not fixed yet)."""
   o = cfg.optim
-  if o.train_seconds:
-    fixed = rundir.read_schedule(cfg.run.model_dir)
+  if o.train_seconds:  # a schedule.json without the checkpoints it was fixed for is not this run's
+    fixed = rundir.read_schedule(cfg.run.model_dir) if rundir.checkpoint_paths(cfg.run.model_dir) else None
     return fixed['train_steps'] if fixed else None
   return optimization.train_steps(num_examples, o.train_batch_size, o.train_epochs, o.train_steps)
 
@@ -224,13 +226,14 @@ def budget_steps(step: int, elapsed: float, budget: float, seconds_per_step: flo
   return low
 
 
-def agreed(strategy: tf.distribute.Strategy, value: float) -> int:
-  """`value` as every worker will use it: the floor of the workers' mean (each measured its own speed)."""
+def agreed(strategy: tf.distribute.Strategy, value: float) -> float:
+  """`value` as every worker will use it: the workers' mean (each measured its own speed and clock). A
+  collective with several workers: every worker calls it at the same step."""
   if not strategy.extended._in_multi_worker_mode():  # pylint: disable=protected-access
-    return int(value)
+    return float(value)
   per_replica = strategy.run(lambda: tf.constant(float(value), tf.float64))
   total = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-  return int(float(total) / strategy.num_replicas_in_sync)
+  return float(total) / strategy.num_replicas_in_sync
 
 
 # ------------------------------------------------------------------------------------------- the trainer
@@ -244,7 +247,7 @@ class Trainer:
       after_loop(...)        summaries, the kNN monitor when its step has come, divergence check, progress
       fix_budget(...)        (--train_time, once the speed is measured) the last step, from the time left
       save(step)             at every checkpoint interval, at the end, and after a stop (then signals.Stopped)
-      refit_budget(step)     (--train_time, at a checkpoint) the last step again, from the speed since
+      refit_budget(step)     (--train_time, at a checkpoint) the last step again, from the speed since the fix
   """
 
   def __init__(self, cfg: config_lib.Config, strategy: tf.distribute.Strategy, source: data_lib.Source, chief: bool,
@@ -288,13 +291,14 @@ class Trainer:
     self.train_step = make_train_step(o, r.train_mode, self.model, self.optimizer, strategy, teacher)
     self.stop = signals.StopSignals()
     self.seconds_of = {'checkpoint': 0.0, 'monitor': 0.0}
+    self._done_at = {'checkpoint': None, 'monitor': None}
     self._trained_since_fix = [0.0, 0]  # seconds, steps
     self._fixed_here = False
     self.writer = tf.summary.create_file_writer(self.output_dir)
     self.iterator = iter(dataset)
     self.bar = progress.Progress(self.step, self.train_steps, o.train_batch_size, metrics_lib.COLUMNS,
                                  pretrain=r.train_mode == 'pretrain',
-                                 deadline=self.started + self.budget if self.budget else None)
+                                 deadline=self.started + self.budget if self.train_steps is None else None)
 
   @property
   def step(self) -> int:
@@ -343,26 +347,30 @@ class Trainer:
           loops += 1
           if loops > 1 and step > previous:  # the first loop includes compilation
             seconds_per_step = seconds / (step - previous)
+            if measuring:  # every worker's next loop, and its decision to fix, from the same numbers
+              seconds_per_step = agreed(self.strategy, seconds_per_step)
           if step > previous:
             self.after_loop(previous, step, seconds)
           if measuring and loops > 1 and step > previous and not stopped:
-            speeds.append(seconds_per_step)
+            if seconds >= 0.5 * MEASURE_SECONDS:  # a loop cut short at a boundary measures noise
+              speeds.append(seconds_per_step)
             if self._speed_is_settled(speeds, step):
               self.fix_budget(step, seconds_per_step)
           elif self.budget and not measuring:
             self._trained_since_fix[0] += seconds
             self._trained_since_fix[1] += step - previous
-          if stopped or step == self.train_steps or step // self.checkpoint_every > previous // self.checkpoint_every:
+          crossed = step // self.checkpoint_every > previous // self.checkpoint_every
+          if (stopped or step == self.train_steps or crossed) and self._done_at['checkpoint'] != step:
             self._timed('checkpoint', self.save, step)
-            if self.budget and not measuring and not stopped and step < self.train_steps:
-              self.refit_budget(step)
+          if self.budget and crossed and not stopped and self.train_steps is not None and step < self.train_steps:
+            self.refit_budget(step)
           if stopped:
             raise signals.Stopped(self.stop.received or "another worker's signal", step)
     finally:
       self.writer.close()
       if not self.chief:
         shutil.rmtree(self.output_dir, ignore_errors=True)
-    if self.budget and loops:
+    if self._fixed_here:
       spent = time.monotonic() - self.started
       progress.status(f'Trained to step {step} in {spent:,.0f} s of a {self.budget:,.0f} s budget '
                       f'({100 * (spent / self.budget - 1):+.1f}%).')
@@ -394,7 +402,7 @@ class Trainer:
       learning_rate = float(self.schedule(step - 1))
       tf.summary.scalar(metrics_lib.LEARNING_RATE, learning_rate, step=step)
       k = self.monitor_every
-      if k and (step // k > previous // k or step == self.train_steps):
+      if k and (step // k > previous // k or step == self.train_steps) and self._done_at['monitor'] != step:
         values[metrics_lib.KNN_TOP_1] = self._timed('monitor', self.monitor, step)
     self.writer.flush()
     if not all(math.isfinite(v) for v in values.values()):
@@ -420,23 +428,26 @@ class Trainer:
     steps, so it is measured whole: the input pipeline tunes itself over the first minutes), two loops of about
     MEASURE_SECONDS within SETTLED_SPEED of each other; or measuring has taken MAX_MEASURE_FRACTION of the
     budget."""
-    if time.monotonic() - self.started >= MAX_MEASURE_FRACTION * self.budget:
+    if agreed(self.strategy, time.monotonic() - self.started) >= MAX_MEASURE_FRACTION * self.budget:
       return True
-    return (step >= self.schedule.warmup_steps and len(speeds) >= 3 and
+    return (step >= self.schedule.warmup_steps and len(speeds) >= 2 and
             abs(speeds[-1] - speeds[-2]) <= SETTLED_SPEED * speeds[-2])
 
-  def _timed(self, what: str, work: typing.Callable, *args) -> typing.Any:
-    """`work(*args)`, its duration kept in `self.seconds_of[what]` (what a time budget accounts for)."""
+  def _timed(self, what: str, work: typing.Callable, step: int) -> typing.Any:
+    """`work(step)` -- a checkpoint or a monitor -- its duration kept in `self.seconds_of[what]` (what a time
+    budget accounts for) and its step in `self._done_at[what]` (so that it is not done twice at one step)."""
     start = time.monotonic()
-    result = work(*args)
+    result = work(step)
     self.seconds_of[what] = time.monotonic() - start
+    self._done_at[what] = step
     return result
 
   def fix_budget(self, step: int, seconds_per_step: float) -> None:
     """--train_time: times a checkpoint and a kNN monitor (both kept: the curve's first point), then fixes the
     last step so that training ends within the budget and lays the schedule over it."""
-    self._timed('checkpoint', self.save, step)
-    if self.monitor_every:
+    if self._done_at['checkpoint'] != step:
+      self._timed('checkpoint', self.save, step)
+    if self.monitor_every and self._done_at['monitor'] != step:
       self._timed('monitor', self.monitor, step)
       self.writer.flush()
     self._set_last_step(step, seconds_per_step)
@@ -449,18 +460,24 @@ class Trainer:
 
   def refit_budget(self, step: int) -> None:
     """At a checkpoint: the last step again, from the speed of the steps since the budget was fixed (a shared
-    machine's speed drifts), so that training still ends within the budget; the schedule follows."""
+    machine's speed drifts), so that training still ends within the budget; the schedule follows. Not in the
+    budget's last REFIT_UNTIL part (the decay is nearly done; a drift there costs little), and not in a resumed
+    run, which keeps the steps it fixed (its clock started with the resume)."""
     seconds, steps = self._trained_since_fix
-    if steps and self._fixed_here:  # a resumed run keeps the steps it fixed: its clock started with the resume
-      self._set_last_step(step, seconds / steps)
+    left = self.budget - (time.monotonic() - self.started)
+    if not steps or not self._fixed_here or agreed(self.strategy, left) < REFIT_UNTIL * self.budget:
+      return
+    self._set_last_step(step, seconds / steps)
+    if self.train_steps == step and self.monitor_every and self._done_at['monitor'] != step:
+      self._timed('monitor', self.monitor, step)  # the run ends here: its curve gets its last point
 
   def _set_last_step(self, step: int, seconds_per_step: float) -> None:
     """The last step that ends within the budget from `step` at `seconds_per_step`, agreed by every worker, to
     the schedule, the progress line and model_dir/schedule.json (which a resume keeps)."""
     elapsed = time.monotonic() - self.started
-    last = agreed(self.strategy, budget_steps(
+    last = int(agreed(self.strategy, budget_steps(
         step, elapsed, self.budget, seconds_per_step, self.checkpoint_every, self.seconds_of['checkpoint'],
-        self.monitor_every, self.seconds_of['monitor']))
+        self.monitor_every, self.seconds_of['monitor'])))
     if last == self.train_steps:
       return
     self.train_steps = last

@@ -403,6 +403,22 @@ def test_export_and_evaluate_the_authors_savedmodel_without_training(shapes_data
   assert not glob.glob(str(eval_dir / 'ckpt-*'))  # nothing was trained
 
 
+def test_export_for_pytorch_from_the_command_line_and_a_format_that_does_not_exist(tmp_path):
+  """--export_format=torch of the authors' SavedModel: a loadable folder under model_dir/torch/<step>/, nothing
+  else written; an unknown format is refused by the flag itself."""
+  checkpoint = os.path.join(AUTHORS, 'r18_cifar_pretrain', 'saved_model')
+  result = run_py('--mode=export', '--export_format=torch', f'--checkpoint={checkpoint}', f'--model_dir={tmp_path}')
+  assert result.stdout.strip().splitlines()[-1] == (
+      f"Exported the authors' SavedModel {checkpoint} (step 0): ResNet-18 x0.25, CIFAR stem, projection head "
+      f"3 layer(s) -> 128, supervised head 10 classes on projection layer 0 to {tmp_path}/torch/0")
+  assert sorted(os.listdir(tmp_path)) == ['torch'] and sorted(os.listdir(tmp_path / 'torch' / '0')) == [
+      'config.json', 'model.safetensors', 'simclr_torch.py']
+  result = run_py('--mode=export', '--export_format=pickle', f'--checkpoint={checkpoint}',
+                  f'--model_dir={tmp_path / "x"}', check=False)
+  assert result.returncode != 0 and '--export_format' in result.stderr and 'pickle' in result.stderr
+  assert not (tmp_path / 'x').exists()
+
+
 # ------------------------------------------------------------------------------------------- long runs, output
 
 
@@ -468,7 +484,8 @@ def test_a_run_directory_answers_only_for_its_own_run(shapes_data_dir, tmp_path)
   """The main job, then a folder with nothing else given: the folder trains in its own default directory
   (not reported as the main job's result); pointed at the main job's directory, a 10-class folder (the
   classes the main job has: nothing else would stop it) or a longer schedule stops before any work, naming
-  the differing flags with both values; the same command still reports the finished run."""
+  the differing flags with both values; the same command still reports the finished run, and an unlabeled
+  folder's run (pretrained without the online head) resumes as itself."""
   main_job = [f'--data_dir={shapes_data_dir}', '--train_steps=2', *TINY]
   first = run_py(*main_job, cwd=tmp_path)
   assert (tmp_path / 'runs' / 'simclr_shapes' / 'ckpt-2.index').exists()
@@ -490,12 +507,20 @@ def test_a_run_directory_answers_only_for_its_own_run(shapes_data_dir, tmp_path)
     assert result.stderr.strip().splitlines() == [
         f'Error: --model_dir=runs/simclr_shapes holds another run: {differs}. Give a new --model_dir for this one, '
         'or that run\'s own flags to resume it.']
-    assert 'Preparing data' not in result.stdout
+    assert 'Model:' not in result.stdout  # stopped before a model was built
   assert files == {p: os.path.getmtime(p) for p in glob.glob(str(main_dir / '**'), recursive=True)
                    if os.path.isfile(p)}
   again = run_py(*main_job, cwd=tmp_path)
   assert 'Training finished at step 2; results in runs/simclr_shapes/result.json' in again.stdout
   assert again.stdout.strip().splitlines()[-2:] == first.stdout.strip().splitlines()[-3:-1]
+
+  unlabeled = tmp_path / 'unlabeled'
+  for i in range(8):
+    image_files.write_image(str(unlabeled / 'train' / f'{i}.png'), np.full((24, 24, 3), 30 * i, np.uint8))
+  for _ in range(2):
+    result = run_py(f'--dataset={unlabeled}', '--mode=train', '--train_steps=2', *TINY, '--train_batch_size=4',
+                    cwd=tmp_path)
+  assert 'Training finished at step 2' in result.stdout
 
 
 def test_the_default_model_dir_follows_the_dataset_the_train_mode_and_the_model_file(tmp_path):
@@ -505,9 +530,13 @@ def test_the_default_model_dir_follows_the_dataset_the_train_mode_and_the_model_
   assert config_lib.default_model_dir(config(dataset=str(folder) + '/')) == 'runs/my_photos'
   assert config_lib.default_model_dir(config(dataset='imagenet2012_subset/10pct', train_mode='finetune',
                                              checkpoint='x')) == 'runs/imagenet2012_subset_10pct-finetune'
+  assert config_lib.default_model_dir(config(dataset='gs://bucket/data/pets/', train_mode='finetune', checkpoint='x',
+                                             label_fraction=0.01)) == 'runs/pets-finetune-1pct'
   assert config_lib.default_model_dir(config(mode='export', checkpoint='gs://b/r50_1x_sk0/saved_model/')) == \
       'runs/r50_1x_sk0-export'
   assert config_lib.default_model_dir(config(mode='eval', checkpoint='runs/x/ckpt-100')) == 'runs/x-eval'
+  assert config_lib.default_model_dir(config(mode='eval', checkpoint='runs/y/ckpt-9.data-00000-of-00001')) == \
+      'runs/y-eval'
   assert config_lib.default_model_dir(config(mode='eval')) == 'runs/simclr_shapes'  # a run's own directory
 
 

@@ -65,3 +65,29 @@ def test_tensorflows_own_choice_follows_the_cpu_features(tmp_path):
     assert 'own default here is Eigen (this CPU has no AVX-512 VNNI/BF16' in runtime.describe_kernels(avx2)
     assert 'own default here is oneDNN too (this CPU has avx512_bf16)' in runtime.describe_kernels(
         avx2 | {'avx512_bf16'})
+
+
+@pytest.mark.parametrize('hardware, expected', [
+    (dict(features={'avx512f', 'avx512_bf16'}), 'mixed_bfloat16'),   # AMD Zen 4/5, Intel Cooper Lake
+    (dict(features={'avx512f', 'amx_bf16', 'amx_tile'}), 'mixed_bfloat16'),   # Intel Sapphire Rapids on
+    (dict(features={'avx2', 'fma'}), 'float32'),   # AVX2 only
+    (dict(features={'avx512f', 'avx512_vnni'}), 'float32'),   # Intel Ice Lake: int8, not bfloat16
+    (dict(use_tpu=True, features=set()), 'mixed_bfloat16'),
+    (dict(gpu_compute_capabilities=[(8, 0), (9, 0)], features=set()), 'mixed_bfloat16'),
+    (dict(gpu_compute_capabilities=[(7, 5)], features={'avx512_bf16'}), 'mixed_float16'),   # the GPU decides
+    (dict(gpu_compute_capabilities=[(8, 6), (6, 1)], features=set()), 'float32'),   # the slowest GPU decides
+])
+def test_auto_precision_is_what_the_hardware_computes_fast(hardware, expected, monkeypatch):
+  monkeypatch.delenv(runtime.ONEDNN_VARIABLE, raising=False)
+  precision, why = runtime.choose_precision(**hardware)
+  assert precision == expected and why
+
+
+def test_auto_precision_is_float32_where_the_cpus_flags_are_unknown(monkeypatch):
+  monkeypatch.setattr(runtime, 'cpu_features', lambda: None)  # not Linux
+  assert runtime.choose_precision()[0] == 'float32'
+
+
+def test_auto_precision_stays_float32_on_eigens_kernels(monkeypatch):
+  monkeypatch.setenv(runtime.ONEDNN_VARIABLE, '0')
+  assert runtime.choose_precision(features={'avx512_bf16'})[0] == 'float32'

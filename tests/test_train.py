@@ -57,6 +57,7 @@ class FakeTrainer(train.Trainer):
     self.monitor_seconds, self.checkpoint_seconds = monitor_seconds, checkpoint_seconds
     self._step, self.summaries, self.saved, self.loops, self.monitored = 0, [], [], [], []
     self.seconds_of, self._trained_since_fix, self._fixed_here = {'checkpoint': 0.0, 'monitor': 0.0}, [0.0, 0], False
+    self._done_at = {'checkpoint': None, 'monitor': None}
 
   @property
   def step(self):
@@ -195,3 +196,14 @@ def test_a_time_budget_follows_a_machine_that_slows_down(monkeypatch):
   last = trainer.run()
   assert last < first[0] and 0.98 * 3000 <= trainer.now <= 3000 * 1.02, (first, last, trainer.now)
   assert trainer.schedule.total_steps == last
+
+
+def test_a_time_budget_measures_through_the_warmup_whose_rates_need_no_step_count(monkeypatch):
+  """With a warmup of 300 steps the steps are fixed at its end, not before: the rates of the warmup do not
+  depend on the number of steps, and the input pipeline has tuned itself by then."""
+  trainer = FakeTrainer(monkeypatch, seconds_per_step=0.2, budget=3000.0, checkpoint_every=10_000)
+  trainer.schedule = optimization.WarmUpAndDecay(1.0, 300, optimization.UNKNOWN_TOTAL_STEPS)
+  fix, fixed = trainer.fix_budget, []
+  trainer.fix_budget = lambda step, seconds: fixed.append(step) or fix(step, seconds)
+  trainer.run()
+  assert fixed == [300] and 0.99 * 3000 <= trainer.now <= 3000
