@@ -352,7 +352,7 @@ class Trainer:
           if step > previous:
             self.after_loop(previous, step, seconds)
           if measuring and loops > 1 and step > previous and not stopped:
-            if seconds >= 0.5 * MEASURE_SECONDS:  # a loop cut short at a boundary measures noise
+            if seconds_per_step * (step - previous) >= 0.5 * MEASURE_SECONDS:  # (agreed) a short loop is noise
               speeds.append(seconds_per_step)
             if self._speed_is_settled(speeds, step):
               self.fix_budget(step, seconds_per_step)
