@@ -407,11 +407,12 @@ def test_export_for_pytorch_from_the_command_line_and_a_format_that_does_not_exi
   """--export_format=torch of the authors' SavedModel: a loadable folder under model_dir/torch/<step>/, nothing
   else written; an unknown format is refused by the flag itself."""
   checkpoint = os.path.join(AUTHORS, 'r18_cifar_pretrain', 'saved_model')
-  result = run_py('--mode=export', '--export_format=torch', f'--checkpoint={checkpoint}', f'--model_dir={tmp_path}')
+  model_dir = tmp_path / 'run'
+  result = run_py('--mode=export', '--export_format=torch', f'--checkpoint={checkpoint}', f'--model_dir={model_dir}')
   assert result.stdout.strip().splitlines()[-1] == (
       f"Exported the authors' SavedModel {checkpoint} (step 0): ResNet-18 x0.25, CIFAR stem, projection head "
-      f"3 layer(s) -> 128, supervised head 10 classes on projection layer 0 to {tmp_path}/torch/0")
-  assert sorted(os.listdir(tmp_path)) == ['torch'] and sorted(os.listdir(tmp_path / 'torch' / '0')) == [
+      f"3 layer(s) -> 128, supervised head 10 classes on projection layer 0 to {model_dir}/torch/0")
+  assert sorted(os.listdir(model_dir)) == ['torch'] and sorted(os.listdir(model_dir / 'torch' / '0')) == [
       'config.json', 'model.safetensors', 'simclr_torch.py']
   result = run_py('--mode=export', '--export_format=pickle', f'--checkpoint={checkpoint}',
                   f'--model_dir={tmp_path / "x"}', check=False)
