@@ -83,9 +83,10 @@ def runnable(args):
 @pytest.mark.slow
 @pytest.mark.parametrize('path', DOCS)
 def test_the_commands_on_an_image_folder_run_in_order(path, tmp_path, shapes_data_dir):
-  """Each runnable command as the docs give it, plus TINY; in one working directory, in order (a fine-tuning
-  starts from the pretraining before it); each one exits 0."""
+  """Each runnable command as the docs give it, plus TINY; in one working directory that sees the repository's
+  configs/, in order (a fine-tuning starts from the pretraining before it); each one exits 0."""
   folder = write_image_folder(tmp_path / 'pets', classes=3, per_class=(8, 4), size=24)
+  os.symlink(os.path.join(ROOT, 'configs'), tmp_path / 'configs')  # as from the repository's root
   env = {k: v for k, v in os.environ.items() if k not in USER_UNSET}
   ran = 0
   for args in run_py_commands(path):
