@@ -1,15 +1,20 @@
 """train.py's outer loop: how long inner loops run (progress about every 30 s whatever the checkpoint interval),
-what it does after a stop, and how a time budget fixes the number of steps (on a fake clock)."""
+what it does after a stop, and how a time budget fixes the number of steps (on a fake clock); what a run
+starting from a model file takes from it."""
 
 import types
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
+import architecture
 import config as config_lib
+import model as model_lib
 import optimization
 import signals
 import train
+from model_files import save_run
 
 
 def test_loops_end_at_every_boundary_and_otherwise_last_about_the_target_time():
@@ -207,3 +212,27 @@ def test_a_time_budget_measures_through_the_warmup_whose_rates_need_no_step_coun
   trainer.fix_budget = lambda step, seconds: fixed.append(step) or fix(step, seconds)
   trainer.run()
   assert fixed == [300] and 0.99 * 3000 <= trainer.now <= 3000
+
+
+@pytest.mark.parametrize('classes', [7, 5])
+def test_a_run_from_a_model_file_takes_its_supervised_head_where_it_fits(tmp_path, classes):
+  """Fine-tuning from a fine-tuned run: the encoder and projection head are the file's; the supervised head too
+  when it has the same classes (7), else it is new (5)."""
+  cfg = config_lib.Config().replace(train_mode='finetune', resnet_depth=18, width_multiplier=0.125, image_size=16,
+                                    global_bn=False)
+  source = model_lib.build(cfg, 7)
+  source(tf.zeros([1, 16, 16, 3]), training=False)
+  for v in source.variables:  # every weight away from its initial value
+    v.assign(tf.random.stateless_normal(v.shape, seed=[len(v.path), 1]) + (2.0 if 'moving_variance' in v.path else 0.0))
+  save_run(source, tmp_path / 'run', 3, {'train_mode': 'finetune'})
+  model = model_lib.build(cfg, classes)
+  model(tf.zeros([1, 16, 16, 3]), training=False)
+  train.initialise_from(cfg, model, architecture.inspect(str(tmp_path / 'run')), classes)
+  for a, b in zip(source.resnet_model.variables + source._projection_head.variables,  # pylint: disable=protected-access
+                  model.resnet_model.variables + model._projection_head.variables):  # pylint: disable=protected-access
+    np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+  theirs, ours = source.supervised_head.variables[0].numpy(), model.supervised_head.variables[0].numpy()
+  if classes == 7:
+    np.testing.assert_array_equal(ours, theirs)
+  else:
+    assert ours.shape == (theirs.shape[0], 5) and not np.allclose(ours, theirs[:, :5])
