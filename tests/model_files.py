@@ -33,6 +33,14 @@ def fixture(name):
   return folder, flags, np.load(os.path.join(folder, 'inputs.npy')), dict(np.load(os.path.join(folder, 'expected.npz')))
 
 
+def randomise(net, seed, stddev=1.0, variance_offset=0.0):
+  """Every variable of `net` (BatchNorm statistics included) to seeded normal values, so a variable read into
+  the wrong place shows; `variance_offset` keeps moving variances positive."""
+  for v in net.variables:
+    v.assign(tf.random.stateless_normal(v.shape, seed=[len(v.path), seed], stddev=stddev) + (
+        variance_offset if 'moving_variance' in v.path else 0.0))
+
+
 def save_run(net, folder, step, flags=None):
   """`net` as a training checkpoint of step `step` in `folder` (with a flags.json if given)."""
   optimizer = keras.optimizers.SGD(0.1)

@@ -2,7 +2,6 @@
 flags that exist and configs/ files that are there; the commands on an image folder run, in order, at a tiny
 size, on a folder made for the test (`/data/pets` in the README, `/path/to/folder` in the tutorial)."""
 
-import copy
 import glob
 import os
 import re

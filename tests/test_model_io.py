@@ -15,7 +15,7 @@ import model as model_lib
 import model_io
 import optimization
 import rundir
-from model_files import FIXTURE_NAMES, build, fixture, save_run, write_from_keys
+from model_files import FIXTURE_NAMES, build, fixture, randomise, save_run, write_from_keys
 
 
 @pytest.mark.parametrize('fmt', ['ckpt', 'saved_model'])
@@ -108,9 +108,7 @@ def test_this_projects_checkpoints_and_exports_read_back(tmp_path, kwargs):
   size = 32 if kwargs['cifar_stem'] else 64
   images = tf.random.stateless_uniform([3, size, size, 3], seed=[3, 4])
   net(images, training=False)
-  for v in net.variables:  # random values everywhere, BatchNorm statistics included
-    v.assign(tf.random.stateless_normal(v.shape, seed=[len(v.path), 5], stddev=0.2) + (
-        1.5 if 'moving_variance' in v.path else 0.0))
+  randomise(net, 5, stddev=0.2, variance_offset=1.5)
   expected = net(images, training=False)
   save_run(net, tmp_path / 'run', 12, {'ft_proj_selector': kwargs.get('ft_proj_selector', 0), 'train_mode': 'finetune'})
   exported = model_io.export(net, str(tmp_path / 'run'), 12)

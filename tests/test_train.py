@@ -14,7 +14,7 @@ import model as model_lib
 import optimization
 import signals
 import train
-from model_files import save_run
+from model_files import randomise, save_run
 
 
 def test_loops_end_at_every_boundary_and_otherwise_last_about_the_target_time():
@@ -218,12 +218,11 @@ def test_a_time_budget_measures_through_the_warmup_whose_rates_need_no_step_coun
 def test_a_run_from_a_model_file_takes_its_supervised_head_where_it_fits(tmp_path, classes):
   """Fine-tuning from a fine-tuned run: the encoder and projection head are the file's; the supervised head too
   when it has the same classes (7), else it is new (5)."""
-  cfg = config_lib.Config().replace(train_mode='finetune', resnet_depth=18, width_multiplier=0.125, image_size=16,
-                                    global_bn=False)
+  cfg = config_lib.Config.defaults(train_mode='finetune', resnet_depth=18, width_multiplier=0.125, image_size=16,
+                                   global_bn=False)
   source = model_lib.build(cfg, 7)
   source(tf.zeros([1, 16, 16, 3]), training=False)
-  for v in source.variables:  # every weight away from its initial value
-    v.assign(tf.random.stateless_normal(v.shape, seed=[len(v.path), 1]) + (2.0 if 'moving_variance' in v.path else 0.0))
+  randomise(source, 1, variance_offset=2.0)  # every weight away from its initial value
   save_run(source, tmp_path / 'run', 3, {'train_mode': 'finetune'})
   model = model_lib.build(cfg, classes)
   model(tf.zeros([1, 16, 16, 3]), training=False)
